@@ -1,0 +1,144 @@
+"""The ``opensir`` command line: validate and run SelfPlayRun manifests, print the CRD."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+from opensir import spec as spec_module
+from opensir.spec import SpecError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except SpecError as error:
+        print(error, file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="opensir", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    validate = commands.add_parser("validate", help="check SelfPlayRun manifests and name every problem")
+    validate.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    validate.set_defaults(handler=_validate)
+
+    crd = commands.add_parser("crd", help="print the SelfPlayRun CustomResourceDefinition")
+    crd.set_defaults(handler=_crd)
+
+    run = commands.add_parser(
+        "run",
+        help="run self-play on this machine",
+        description="Run OpenSIR self-play from a SelfPlayRun manifest on this machine, resuming from the "
+        "run's last committed checkpoint when there is one.",
+        epilog="settable with --set (PATH=VALUE, relative to spec; VALUE is YAML):\n" + _field_reference(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("file", type=Path, metavar="FILE", help="the SelfPlayRun manifest (run.yaml)")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
+        help="override a spec field, e.g. --set training.maxSteps=3 (repeatable)",
+    )
+    run.add_argument("--fresh", action="store_true", help="ignore existing checkpoints and start at step 0")
+    run.set_defaults(handler=_run)
+    return parser
+
+
+# ------------------------------------------------------------------------------------- commands
+def _validate(args: argparse.Namespace) -> int:
+    failed = 0
+    for path in args.files:
+        try:
+            run = spec_module.load_run(path)
+        except SpecError as error:
+            print(error, file=sys.stderr)
+            failed += 1
+            continue
+        print(f"{path}: valid SelfPlayRun {run.metadata.namespace}/{run.metadata.name}")
+    return 1 if failed else 0
+
+
+def _crd(args: argparse.Namespace) -> int:
+    from opensir.crd import crd_yaml
+
+    sys.stdout.write(crd_yaml())
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    run = load_with_overrides(args.file, args.overrides)
+    # Heavy imports (torch, transformers) only once the manifest is known to be good.
+    from opensir.runner import run_selfplay
+
+    result = run_selfplay(run, fresh=args.fresh)
+    print(result.summary())
+    return 0
+
+
+# -------------------------------------------------------------------------------------- helpers
+def load_with_overrides(path: Path, overrides: Sequence[str]) -> spec_module.SelfPlayRun:
+    """Read a manifest, apply ``PATH=VALUE`` overrides to its spec, and validate the result."""
+    if not overrides:
+        return spec_module.load_run(path)
+    document = spec_module.read_manifest(path)
+    for override in overrides:
+        field_path, sep, raw_value = override.partition("=")
+        if not sep or not field_path:
+            raise SpecError(str(path), [("--set", override, "must look like PATH=VALUE")])
+        try:
+            value = yaml.safe_load(raw_value)
+        except yaml.YAMLError as error:
+            raise SpecError(str(path), [(f"spec.{field_path}", raw_value, f"is not YAML: {error}")]) from None
+        _assign(document.setdefault("spec", {}), field_path.split("."), value, str(path))
+    return spec_module.parse_run(document, str(path))
+
+
+def _assign(node: dict[str, Any], keys: list[str], value: Any, source: str) -> None:
+    for depth, key in enumerate(keys[:-1]):
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            where = "spec." + ".".join(keys[: depth + 1])
+            raise SpecError(source, [(where, child, "is not a mapping, so --set cannot go inside it")])
+        node = child
+    node[keys[-1]] = value
+
+
+def _field_reference() -> str:
+    lines = []
+    for path, annotation, default, description in _fields(spec_module.SelfPlayRunSpec, ""):
+        shown = "" if default is None else f" = {default}"
+        lines.append(f"  {path} ({annotation}{shown})\n      {description}")
+    return "\n".join(lines)
+
+
+def _fields(model: type[spec_module.BaseModel], prefix: str) -> Iterator[tuple[str, str, Any, str]]:
+    for name, info in model.model_fields.items():
+        alias = info.alias or name
+        path = f"{prefix}{alias}"
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, spec_module.BaseModel):
+            yield from _fields(annotation, path + ".")
+            continue
+        default = None if info.is_required() else info.get_default(call_default_factory=True)
+        if get_origin(annotation) is Literal:
+            type_name = "|".join(str(choice) for choice in get_args(annotation))
+        else:
+            type_name = str(annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
+        yield path, type_name, default, " ".join((info.description or "").split())
+

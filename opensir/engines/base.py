@@ -1,0 +1,106 @@
+"""The seams between the run loop and the engines (DESIGN.md §3).
+
+The loop only ever sees these protocols; which implementation stands behind each one is chosen
+from the spec by :mod:`opensir.engines.factory`. Prompts travel as token ids, already rendered with
+the policy's chat template, so that every engine samples from, and the trainer later scores,
+exactly the same tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from opensir.rl.batch import TrainBatch, TrainStats
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample completions; the field meanings follow vLLM's ``SamplingParams``."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    """-1 disables top-k filtering."""
+    max_tokens: int = 512
+    stop: tuple[str, ...] = ()
+    """Strings that end a completion; the stop string itself is not part of the text."""
+    seed: int | None = None
+    """Seed for this request; None leaves the engine's own generator state untouched."""
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One sampled continuation of one prompt."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    """The sampled tokens, the end-of-sequence token included when one was sampled."""
+    logprobs: tuple[float, ...] | None
+    """Log-probability of each sampled token under the sampling distribution, where the engine gives it."""
+    finish_reason: str
+    """"stop" (end-of-sequence or a stop string) or "length" (max_tokens reached)."""
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """Samples ``n`` completions for each prompt."""
+
+    def generate(
+        self, prompts: Sequence[Sequence[int]], n: int, sampling: SamplingParams
+    ) -> list[list[Completion]]:
+        """Return, for each prompt in order, its ``n`` completions."""
+        ...
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Maps texts to float32, L2-normalised vectors."""
+
+    @property
+    def dim(self) -> int:
+        """Width of every embedding."""
+        ...
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Return a float32 array of shape ``[len(texts), dim]`` with unit-norm rows."""
+        ...
+
+
+@runtime_checkable
+class Trainer(Protocol):
+    """Owns the policy being trained, its optimiser and everything needed to resume it exactly."""
+
+    @property
+    def step_count(self) -> int:
+        """Optimizer steps taken so far (restored by :meth:`load`)."""
+        ...
+
+    def step(self, batch: TrainBatch) -> TrainStats:
+        """Take one optimizer step on ``batch`` and report what happened."""
+        ...
+
+    def save(self, directory: Path) -> None:
+        """Write model, optimiser, scheduler and RNG state into ``directory`` (which exists and is empty)."""
+        ...
+
+    def load(self, directory: Path) -> None:
+        """Restore exactly the state written by :meth:`save`."""
+        ...
+
+
+@runtime_checkable
+class WeightSync(Protocol):
+    """Makes the generator serve the trainer's current weights."""
+
+    def push(self, trainer: Trainer) -> int:
+        """Publish the trainer's weights and return the version now served.
+
+        Returns only once the generator serves the new version; raises when it does not.
+        """
+        ...

@@ -1,0 +1,1 @@
+"""kopf handlers for SelfPlayRun (filled by the operator work)."""
