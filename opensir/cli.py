@@ -141,4 +141,3 @@ def _fields(model: type[spec_module.BaseModel], prefix: str) -> Iterator[tuple[s
         else:
             type_name = str(annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
         yield path, type_name, default, " ".join((info.description or "").split())
-

@@ -109,6 +109,10 @@ class TeacherSpec(_Model):
     """Shortest legal problem text."""
     min_concept_chars: PositiveInt = 10
     """At least one concept must be this long for a problem to be legal."""
+    scaffold: bool = False
+    """Write the <think>, <problem> and <concepts> tags into teacher completions and sample only the text
+    between them (as guided decoding would), for small models that do not follow the format on their own.
+    The forced tags are kept out of the loss. Off in the published method."""
     sampling: SamplingSpec = SamplingSpec(temperature=1.0, max_tokens=1024)
     """Sampling of teacher completions."""
 
@@ -127,6 +131,10 @@ class StudentSpec(_Model):
     """Time limit of one math-verify equivalence check in equivalence voting."""
     solve_rate_over: Literal["parseable", "all"] = "parseable"
     """Denominator of the solve rate: answers that parsed (reference) or all samples (improvement)."""
+    scaffold: bool = False
+    """After the student's reasoning, write "Therefore, the final answer is: $\\boxed{" and sample only the
+    answer (as guided decoding would), for small models that do not end with a boxed answer on their own.
+    The forced text is kept out of the loss. Off in the published method."""
     sampling: SamplingSpec = SamplingSpec(temperature=1.0, max_tokens=1024)
     """Sampling of student completions."""
 
@@ -261,7 +269,11 @@ class TrainingSpec(_Model):
     """The GRPO update of the one shared policy."""
 
     max_steps: PositiveInt = 200
-    """Optimizer steps (one self-play round each)."""
+    """Self-play steps; each plays one round and takes one optimizer step on it (a round with nothing to
+    train on, e.g. no legal problem, is counted and skipped)."""
+    max_consecutive_skips: PositiveInt = 20
+    """Fail the run after this many rounds in a row had nothing to train on (a model that never writes a
+    legal problem), instead of spending the compute budget on nothing."""
     learning_rate: float = Field(default=3e-7, gt=0)
     """Peak learning rate of AdamW."""
     schedule: Literal["constant_with_warmup", "cosine", "linear"] = "constant_with_warmup"

@@ -45,6 +45,9 @@ class Completion:
     """Log-probability of each sampled token under the sampling distribution, where the engine gives it."""
     finish_reason: str
     """"stop" (end-of-sequence or a stop string) or "length" (max_tokens reached)."""
+    sampled: tuple[bool, ...] | None = None
+    """Per token: False where the caller forced the token instead of sampling it (scaffolded formats,
+    see :mod:`opensir.selfplay.scaffold`); such tokens are kept out of the loss. None: all sampled."""
 
 
 @runtime_checkable

@@ -78,7 +78,8 @@ def test_run_help_lists_spec_fields_from_the_models():
 
 
 def test_set_overrides_apply_before_validation():
-    run = load_with_overrides(ROOT / "examples" / "tiny-cpu.yaml", ["training.maxSteps=2", "training.saveEvery=1"])
+    tiny = ROOT / "examples" / "tiny-cpu.yaml"
+    run = load_with_overrides(tiny, ["training.maxSteps=2", "training.saveEvery=1"])
     assert (run.spec.training.max_steps, run.spec.training.save_every) == (2, 1)
     with pytest.raises(SpecError) as caught:
         load_with_overrides(ROOT / "examples" / "tiny-cpu.yaml", ["selfPlay.solveRate.upper=0.1"])

@@ -21,7 +21,8 @@ def schema():
 
 def test_committed_crd_is_the_generated_one():
     committed = (ROOT / "crds" / "selfplayrun.yaml").read_text()
-    assert committed == crd_yaml(), "crds/selfplayrun.yaml is stale: run `opensir crd > crds/selfplayrun.yaml`"
+    stale = "crds/selfplayrun.yaml is stale: run `opensir crd > crds/selfplayrun.yaml`"
+    assert committed == crd_yaml(), stale
 
 
 def test_names_status_and_columns():
@@ -57,8 +58,10 @@ def test_schema_is_structural():
     # custom-resource-definitions/#specifying-a-structural-schema that a generator can break.
     for path, node in _walk(schema()):
         assert not {"$ref", "anyOf", "oneOf", "allOf", "not", "const", "prefixItems"} & set(node), path
-        typed = "type" in node or node.get("x-kubernetes-int-or-string") or (
-            node.get("x-kubernetes-preserve-unknown-fields")
+        typed = (
+            "type" in node
+            or node.get("x-kubernetes-int-or-string")
+            or (node.get("x-kubernetes-preserve-unknown-fields"))
         )
         assert typed, f"{path} has no type"
         if "properties" in node:

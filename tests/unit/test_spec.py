@@ -54,8 +54,11 @@ def test_inverted_band_names_the_lower_bound():
         ({"selfPlay": {"teacher": {"upscaleRatio": 0}}}, "spec.selfPlay.teacher.upscaleRatio", 0),
         ({"training": {"learningRate": -1}}, "spec.training.learningRate", -1),
         ({"training": {"nodes": 2}}, "spec.training.nodes", 2),
-        ({"training": {"deepspeed": {"stage": 2, "offloadParams": True}}},
-         "spec.training.deepspeed.offloadParams", True),
+        (
+            {"training": {"deepspeed": {"stage": 2, "offloadParams": True}}},
+            "spec.training.deepspeed.offloadParams",
+            True,
+        ),
         ({"storage": {"uri": "gs://bucket"}}, "spec.storage.uri", "gs://bucket"),
         ({"rollout": {"gpus": 1, "tensorParallel": 2}}, "spec.rollout.tensorParallel", 2),
         ({"seedProblems": []}, "spec.seedProblems", []),
