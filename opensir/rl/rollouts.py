@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from opensir.rl.grpo import group_advantages
-
 from opensir.engines.base import Completion
 from opensir.rl.batch import TrainBatch, TrainSequence
+from opensir.rl.grpo import group_advantages
 from opensir.selfplay import RoundResult
 
 TeacherMask = Callable[[Sequence[int], str], tuple[bool, ...]]

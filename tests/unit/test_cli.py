@@ -70,6 +70,14 @@ def test_crd_command_prints_the_committed_crd():
     assert result.stdout == (ROOT / "crds" / "selfplayrun.yaml").read_text()
 
 
+def test_committed_spec_reference_is_current():
+    result = opensir("reference")
+    assert result.returncode == 0
+    stale = "docs/spec.md is stale: run `opensir reference > docs/spec.md`"
+    assert result.stdout == (ROOT / "docs" / "spec.md").read_text(), stale
+    assert "| `selfPlay.solveRate.lower` | float | `0.5` | Lowest rewarded solve rate. |" in result.stdout
+
+
 def test_run_help_lists_spec_fields_from_the_models():
     result = opensir("run", "--help")
     assert result.returncode == 0

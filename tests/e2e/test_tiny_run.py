@@ -1,0 +1,67 @@
+"""`opensir run` end to end, as a user runs it: a real self-play run of SmolLM2-135M on the CPU,
+then a resume from its last committed checkpoint."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+OPENSIR = str(Path(sys.executable).with_name("opensir"))
+# The tiny example, shrunk further so the suite stays fast; the code path is the same.
+SMALLER = [
+    "selfPlay.teacher.groupSize=2",
+    "selfPlay.teacher.upscaleRatio=2",
+    "selfPlay.teacher.sampling.maxTokens=64",
+    "selfPlay.student.samples=3",
+    "selfPlay.student.sampling.maxTokens=64",
+    "training.saveEvery=1",
+    "training.maxConsecutiveSkips=3",
+]
+
+
+def opensir_run(storage: Path, max_steps: int) -> subprocess.CompletedProcess[str]:
+    overrides = [*SMALLER, f"training.maxSteps={max_steps}", f"storage.uri=file://{storage}"]
+    command = [OPENSIR, "run", str(ROOT / "examples" / "tiny-cpu.yaml")]
+    for override in overrides:
+        command += ["--set", override]
+    return subprocess.run(command, capture_output=True, text=True, timeout=1200, check=False)
+
+
+def manifest(run_dir: Path, step: int) -> dict:
+    return json.loads((run_dir / "checkpoints" / f"step-{step:06d}" / "manifest.json").read_text())
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_tiny_run_trains_checkpoints_grows_the_pool_and_resumes(tmp_path: Path):
+    first = opensir_run(tmp_path, max_steps=2)
+    assert first.returncode == 0, first.stderr[-3000:]
+    step_lines = [line for line in first.stderr.splitlines() if line.startswith("step ")]
+    step_lines += [line for line in first.stdout.splitlines() if line.startswith("step ")]
+    steps = [line.split("|")[0].split()[1] for line in step_lines]
+    assert steps == ["1/2", "2/2"], first.stdout + first.stderr
+
+    run_dir = tmp_path / "default" / "tiny-cpu"
+    for step in (1, 2):
+        files = {entry["path"] for entry in manifest(run_dir, step)["files"]}
+        assert "runner.json" in files
+        assert any(path.startswith("trainer/") and path.endswith(".safetensors") for path in files), files
+    assert manifest(run_dir, 2)["extra"]["pool_size"] > 1, "the pool did not grow beyond the seed problem"
+    progress = json.loads((run_dir / "progress.json").read_text())
+    assert progress["step"] == 2 and progress["lastCheckpoint"]["step"] == 2
+    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in history] == [1, 2]
+    assert any(record["trained"] for record in history), "no step took a GRPO update"
+
+    resumed = opensir_run(tmp_path, max_steps=3)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    output = resumed.stdout + resumed.stderr
+    assert "step    3/3" in output and "step    1/3" not in output, output[-3000:]
+    assert manifest(run_dir, 3)["extra"]["pool_size"] >= manifest(run_dir, 2)["extra"]["pool_size"]
+    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in history] == [1, 2, 3]
