@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from opensir.checkpoint import Checkpoint, commit_checkpoint, fetch_latest_valid
+from opensir.checkpoint import CHECKPOINTS, Checkpoint, commit_checkpoint, fetch_latest_valid
 from opensir.engines.base import Completion, SamplingParams
 from opensir.engines.factory import Engines, build_engines
 from opensir.rl.rollouts import assemble_batch
@@ -93,6 +94,8 @@ class RunState:
     rng: np.random.Generator
     consecutive_skips: int = 0
     history: list[StepRecord] = field(default_factory=list)
+    checkpoint: Checkpoint | None = None
+    """The newest committed checkpoint."""
 
 
 @dataclass(frozen=True)
@@ -121,45 +124,44 @@ def run_selfplay(run: SelfPlayRun, *, fresh: bool = False, engines: Engines | No
     started = time.monotonic()
     store = open_store(spec.storage, run.metadata.namespace, run.metadata.name)
     engines = engines or build_engines(spec)
-    workdir = Path(tempfile.mkdtemp(prefix="opensir-"))
-    state = None if fresh else _restore(store, engines, spec, workdir)
-    if state is None:
-        state = _initial_state(spec, engines)
-        log.info("starting %s at step 0 with %d seed problems", store.uri, len(state.pool))
-    else:
-        log.info("resuming %s at step %d (pool %d)", store.uri, state.step, len(state.pool))
-    last_checkpoint: Checkpoint | None = None
+    if fresh:
+        _forget(store)
     max_steps = spec.training.max_steps
+    with tempfile.TemporaryDirectory(prefix="opensir-") as scratch:
+        workdir = Path(scratch)
+        state = None if fresh else _restore(store, engines, spec, workdir)
+        if state is None:
+            state = _initial_state(spec, engines)
+            log.info("starting %s at step 0 with %d seed problems", store.uri, len(state.pool))
+        else:
+            log.info("resuming %s at step %d (pool %d)", store.uri, state.step, len(state.pool))
 
-    with tqdm(
-        total=max_steps, initial=state.step, desc=run.metadata.name, unit="step", dynamic_ncols=True
-    ) as bar:
-        while state.step < max_steps:
-            record = _play_and_train(spec, engines, state)
-            state.history.append(record)
-            bar.write(record.line(max_steps))
-            bar.update(1)
-            _write_progress(store, spec, state, record, last_checkpoint)
-            if record.trained:
-                state.consecutive_skips = 0
-            else:
-                state.consecutive_skips += 1
+        with tqdm(
+            total=max_steps, initial=state.step, desc=run.metadata.name, unit="step", dynamic_ncols=True
+        ) as bar:
+            while state.step < max_steps:
+                record = _play_and_train(spec, engines, state)
+                state.history.append(record)
+                bar.write(record.line(max_steps))
+                bar.update(1)
+                _write_progress(store, spec, state, record)
+                state.consecutive_skips = 0 if record.trained else state.consecutive_skips + 1
                 if state.consecutive_skips >= spec.training.max_consecutive_skips:
                     raise RunError(
                         f"{state.consecutive_skips} rounds in a row had nothing to train on (legal ratio "
                         f"{record.legal_ratio:.2f}, solve rate {record.solve_rate:.2f}): the model does not "
                         f"write legal, answerable problems. Committed state is kept at {store.uri}."
                     )
-            if state.step % spec.training.save_every == 0 or state.step == max_steps:
-                last_checkpoint = _save(store, engines, state, workdir)
-                _write_progress(store, spec, state, record, last_checkpoint)
+                if state.step % spec.training.save_every == 0 or state.step == max_steps:
+                    state.checkpoint = _save(store, engines, state, workdir)
+                    _write_progress(store, spec, state, record)
 
     return RunResult(
         uri=store.uri,
         steps=state.step,
         trained_steps=engines.trainer.step_count,
         pool_size=len(state.pool),
-        last_checkpoint=last_checkpoint,
+        last_checkpoint=state.checkpoint,
         seconds=time.monotonic() - started,
     )
 
@@ -306,8 +308,16 @@ def _save(store: ArtifactStore, engines: Engines, state: RunState, workdir: Path
     }
     (staged / "runner.json").write_text(json.dumps(runner_state))
     checkpoint = commit_checkpoint(store, state.step, staged, {"pool_size": len(state.pool)})
+    shutil.rmtree(staged)
     log.info("committed %s/%s", store.uri, checkpoint.prefix)
     return checkpoint
+
+
+def _forget(store: ArtifactStore) -> None:
+    """``--fresh``: the run's earlier checkpoints, pool and progress go, so none can mix with the new ones."""
+    log.warning("--fresh: deleting the stored checkpoints, pool and progress of %s", store.uri)
+    for prefix in (CHECKPOINTS, POOL_PREFIX, PROGRESS_KEY, HISTORY_KEY):
+        store.delete(prefix)
 
 
 def _restore(store: ArtifactStore, engines: Engines, spec: SelfPlayRunSpec, workdir: Path) -> RunState | None:
@@ -322,6 +332,7 @@ def _restore(store: ArtifactStore, engines: Engines, spec: SelfPlayRunSpec, work
     pool = ProblemPool.load(pool_dir, upto_id=runner_state["pool_next_id"] - 1, **_pool_settings(spec))
     engines.trainer.load(local / "trainer")
     engines.weight_sync.push(engines.trainer)
+    shutil.rmtree(workdir / "restore")
     rng = np.random.default_rng()
     rng.bit_generator.state = runner_state["rng"]
     return RunState(
@@ -330,16 +341,11 @@ def _restore(store: ArtifactStore, engines: Engines, spec: SelfPlayRunSpec, work
         rng=rng,
         consecutive_skips=int(runner_state["consecutive_skips"]),
         history=[StepRecord(**r) for r in runner_state["history"]],
+        checkpoint=checkpoint,
     )
 
 
-def _write_progress(
-    store: ArtifactStore,
-    spec: SelfPlayRunSpec,
-    state: RunState,
-    record: StepRecord,
-    checkpoint: Checkpoint | None,
-) -> None:
+def _write_progress(store: ArtifactStore, spec: SelfPlayRunSpec, state: RunState, record: StepRecord) -> None:
     """``progress.json`` is what the operator turns into ``SelfPlayRun.status``."""
     recent = state.history[-10:]
     seconds_per_step = _mean([r.seconds for r in recent])
@@ -352,8 +358,12 @@ def _write_progress(
         "poolSize": len(state.pool),
         "lastStep": asdict(record),
         "lastCheckpoint": None
-        if checkpoint is None
-        else {"step": checkpoint.step, "uri": f"{store.uri}/{checkpoint.prefix}", "time": checkpoint.created},
+        if state.checkpoint is None
+        else {
+            "step": state.checkpoint.step,
+            "uri": f"{store.uri}/{state.checkpoint.prefix}",
+            "time": state.checkpoint.created,
+        },
     }
     store.put_bytes(PROGRESS_KEY, json.dumps(progress, indent=1).encode())
     store.put_bytes(HISTORY_KEY, "".join(json.dumps(asdict(r)) + "\n" for r in state.history).encode())
