@@ -77,7 +77,7 @@ def test_a_policy_that_never_writes_a_legal_problem_fails_with_the_reason(tmp_pa
     )
     babbler = Babbler()
     engines = Engines(ChatTokenizer(), babbler, babbler, babbler, HashEmbedder(), UntouchableTrainer(), None)
-    with pytest.raises(RunError, match="3 rounds in a row had nothing to train on .legal ratio 0.00"):
+    with pytest.raises(RunError, match=r"3 rounds in a row had nothing to train on \(legal ratio 0\.00"):
         run_selfplay(run, engines=engines)
     assert babbler.calls == 3  # teacher only: with no legal problem there is nothing to answer
     progress = json.loads((tmp_path / "default" / "babble" / "progress.json").read_text())
