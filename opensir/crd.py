@@ -21,6 +21,16 @@ _SPEC_RULES: dict[str, list[dict[str, str]]] = {
     "selfPlay": [
         {"rule": "self == oldSelf", "message": "spec.selfPlay is immutable; create a new SelfPlayRun"}
     ],
+    "seedProblems": [
+        {"rule": "self == oldSelf", "message": "spec.seedProblems is immutable; create a new SelfPlayRun"}
+    ],
+    "storage": [
+        {
+            "rule": "self.uri == oldSelf.uri",
+            "message": "spec.storage.uri is immutable: the run's checkpoints live there",
+            "fieldPath": ".uri",
+        }
+    ],
 }
 _OBJECT_RULES: dict[str, list[dict[str, str]]] = {
     "SolveRateBand": [
