@@ -28,16 +28,9 @@ from typing import Any
 
 import pytest
 import yaml
-
-try:  # the operator extra; without it the operator's e2e tests skip and the other e2e tests still run
-    import kmock  # noqa: F401
-    from kubernetes import client as k8s_client
-    from kubernetes import config as k8s_config
-    from operator_harness import K8s, KmockAPI, lifecycle_scenario, new_namespace, operator_running, wait_for
-except ImportError as missing:
-    MISSING: ImportError | None = missing
-else:
-    MISSING = None
+from kubernetes import client as k8s_client
+from kubernetes import config as k8s_config
+from operator_harness import K8s, KmockAPI, lifecycle_scenario, new_namespace, operator_running, wait_for
 
 HERE = Path(__file__).resolve().parent
 REQUEST_LOG_ENV = "OPENSIR_KMOCK_REQUEST_LOG"
@@ -45,8 +38,6 @@ REQUEST_LOG_ENV = "OPENSIR_KMOCK_REQUEST_LOG"
 
 @pytest.fixture(scope="session")
 def kmock_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KmockAPI]:
-    if MISSING is not None:
-        pytest.skip(f"the operator's e2e tests need the operator extra: {MISSING}")
     workdir = tmp_path_factory.mktemp("kmock")
     with open(workdir / "kmock.log", "w") as errors:
         process = subprocess.Popen(
