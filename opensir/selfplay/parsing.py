@@ -20,8 +20,14 @@ _THINK = re.compile(r"<think>\s*(.*?)\s*</think>", _FLAGS)
 _FINAL_ANSWER_LINE = re.compile(r"Therefore,?\s*the\s+final\s+answer\s+is:?\s*\$?\s*\\boxed\s*\{.+\}\s*\$?")
 
 # Problems that merely echo the prompt's template instead of posing a problem.
+TEMPLATE_PROBLEM = "the full statement of your new problem"
+"""What the teacher prompt shows inside ``<problem>``; a completion that copies it wrote no problem."""
+TEMPLATE_CONCEPTS = "at most three comma-separated math concepts needed to solve it"
+"""What the teacher prompt shows inside ``<concepts>``; copying it names no concept."""
+
 _PLACEHOLDERS = frozenset(
     {
+        TEMPLATE_PROBLEM,
         "...",
         "…",
         "your problem here",
@@ -102,7 +108,7 @@ def parse_teacher(
     items = [item.strip().lower() for item in raw.split(",")]
     if len(items) > max_concepts:
         return illegal(f"more than {max_concepts} concepts")
-    kept = tuple(item for item in items if len(item) >= min_concept_chars)
+    kept = tuple(item for item in items if len(item) >= min_concept_chars and item != TEMPLATE_CONCEPTS)
     if not kept:
         return illegal(f"no concept has at least {min_concept_chars} characters")
     return TeacherOutput(problem, kept, has_think, True, span, "")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from opensir.selfplay.parsing import concepts_span
+from opensir.selfplay.parsing import TEMPLATE_CONCEPTS, TEMPLATE_PROBLEM, concepts_span
 
 Messages = list[dict[str, str]]
 
@@ -25,8 +25,8 @@ self-contained and have a single answer that is a number or a mathematical expre
 
 Answer in exactly this format:
 <think>how your problem differs conceptually from the reference, and why it is solvable</think>
-<problem>the full statement of your new problem</problem>
-<concepts>at most three comma-separated math concepts needed to solve it</concepts>"""
+<problem>{template_problem}</problem>
+<concepts>{template_concepts}</concepts>"""
 
 _STUDENT_SYSTEM = (
     "You are a helpful assistant. Reason through the problem step by step, then end your reply "
@@ -39,7 +39,14 @@ def teacher_messages(reference_problem: str) -> Messages:
     """Ask for a conceptually different problem, written as ``<think>``/``<problem>``/``<concepts>``."""
     return [
         {"role": "system", "content": _SYSTEM},
-        {"role": "user", "content": _TEACHER.format(problem=reference_problem.strip())},
+        {
+            "role": "user",
+            "content": _TEACHER.format(
+                problem=reference_problem.strip(),
+                template_problem=TEMPLATE_PROBLEM,
+                template_concepts=TEMPLATE_CONCEPTS,
+            ),
+        },
     ]
 
 

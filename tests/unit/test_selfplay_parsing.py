@@ -99,3 +99,21 @@ def test_concepts_span_reported_even_when_illegal() -> None:
 )
 def test_final_answer_line(text: str, ok: bool) -> None:
     assert has_final_answer_line(text) is ok
+
+
+def test_copying_the_prompts_own_placeholders_is_not_a_problem():
+    from opensir.selfplay import teacher_messages
+    from opensir.selfplay.parsing import TEMPLATE_CONCEPTS, TEMPLATE_PROBLEM
+
+    prompt = teacher_messages("What is 1+1?")[-1]["content"]
+    assert TEMPLATE_PROBLEM in prompt and TEMPLATE_CONCEPTS in prompt
+    copied = (
+        f"<think>x</think><problem>{TEMPLATE_PROBLEM.capitalize()}.</problem>"
+        "<concepts>algebraic identities</concepts>"
+    )
+    assert parse_teacher(copied).reason == "the problem is a template placeholder"
+    concepts = (
+        "<problem>What is the sum of the first ten odd numbers?</problem>"
+        f"<concepts>{TEMPLATE_CONCEPTS}</concepts>"
+    )
+    assert not parse_teacher(concepts).legal
