@@ -63,6 +63,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--fresh", action="store_true", help="ignore existing checkpoints and start at step 0")
     run.set_defaults(handler=_run)
+
+    boot = commands.add_parser(
+        "bootstrap",
+        help="only grow the seed problems into an in-band pool (selfPlay.bootstrap)",
+        description="Run only the bootstrap phase of a SelfPlayRun; `opensir run` continues from its result.",
+    )
+    boot.add_argument("file", type=Path, metavar="FILE", help="the SelfPlayRun manifest (run.yaml)")
+    boot.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE")
+    boot.set_defaults(handler=_bootstrap)
     return parser
 
 
@@ -100,6 +109,19 @@ def _run(args: argparse.Namespace) -> int:
 
     result = run_selfplay(run, fresh=args.fresh)
     print(result.summary())
+    return 0
+
+
+def _bootstrap(args: argparse.Namespace) -> int:
+    run = load_with_overrides(args.file, args.overrides)
+    if not run.spec.self_play.bootstrap.enabled:
+        problem = ("spec.selfPlay.bootstrap.enabled", False, "must be true for opensir bootstrap")
+        raise SpecError(str(args.file), [problem])
+    _quiet_libraries()
+    from opensir.runner import run_bootstrap
+
+    pool = run_bootstrap(run)
+    print(f"bootstrap: pool of {len(pool)} problems")
     return 0
 
 

@@ -3,6 +3,13 @@
 Read :func:`run_selfplay` top to bottom: it is the whole method. Engines come from the spec through
 :func:`opensir.engines.factory.build_engines`; the loop only calls the seams (generator, embedder,
 trainer, weight sync, store), so a laptop run and a cluster run are the same program.
+
+Crashes and preemption: a run always resumes from the newest committed checkpoint whose checksums
+hold (model, optimizer, scheduler, RNGs, step, the pool with its embeddings and draw counts, the
+history), and continues exactly as the uninterrupted run would have. SIGTERM (a preempted node, a
+deleted pod) makes the loop commit a checkpoint after the step in progress and exit with status 143
+(128 + SIGTERM): a *failed* pod to Kubernetes, so its Job restarts it, and the restart resumes. Exit
+0 is kept for a run that reached ``maxSteps``, so a Job never completes on a preemption.
 """
 
 from __future__ import annotations
@@ -11,7 +18,9 @@ import json
 import logging
 import math
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,15 +31,24 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from opensir.checkpoint import CHECKPOINTS, Checkpoint, commit_checkpoint, fetch_latest_valid
+from opensir.checkpoint import (
+    CHECKPOINTS,
+    Checkpoint,
+    FileEntry,
+    commit_checkpoint,
+    fetch_latest_valid,
+    prune_checkpoints,
+)
 from opensir.engines.base import Completion, SamplingParams
 from opensir.engines.factory import Engines, build_engines
 from opensir.rl.rollouts import assemble_batch
 from opensir.selfplay import (
+    BootstrapState,
     NewProblem,
     ProblemPool,
     RoundResult,
     TeacherOutput,
+    bootstrap_pool,
     completion_loss_mask,
     parse_teacher,
     render_prompt,
@@ -38,18 +56,36 @@ from opensir.selfplay import (
     student_messages,
     teacher_messages,
 )
-from opensir.spec import SamplingSpec, SelfPlayRun, SelfPlayRunSpec
-from opensir.storage import ArtifactStore, open_store
+from opensir.spec import SelfPlayRun, SelfPlayRunSpec, TrainingSpec
+from opensir.storage import ArtifactNotFoundError, ArtifactStore, open_store
 
 log = logging.getLogger(__name__)
 
 POOL_PREFIX = "pool"
 PROGRESS_KEY = "progress.json"
 HISTORY_KEY = "history.jsonl"
+BOOTSTRAP_KEY = "bootstrap.json"
+
+
+PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM
+"""143: what a process killed by SIGTERM reports; Kubernetes counts the pod as failed and restartable."""
 
 
 class RunError(RuntimeError):
     """The run cannot go on; the message says why and what was kept."""
+
+
+class Preempted(SystemExit):
+    """SIGTERM arrived; the checkpoint of the last finished step is committed.
+
+    A :class:`SystemExit` with code :data:`PREEMPTED_EXIT_CODE`, so ``opensir run`` exits with 143
+    without a traceback; code that calls :func:`run_selfplay` in-process can catch it.
+    """
+
+    def __init__(self, step: int, checkpoint: Checkpoint | None) -> None:
+        super().__init__(PREEMPTED_EXIT_CODE)
+        self.step = step
+        self.checkpoint = checkpoint
 
 
 @dataclass(frozen=True)
@@ -73,7 +109,7 @@ class StepRecord:
 
     def line(self, max_steps: int) -> str:
         trained = (
-            f"loss {self.loss:+.4f} kl {self.kl:.5f}"
+            f"loss {self.loss:+.4f} kl {self.kl:.1e}"
             if self.loss is not None
             else "skipped: nothing to train"
         )
@@ -96,6 +132,8 @@ class RunState:
     history: list[StepRecord] = field(default_factory=list)
     checkpoint: Checkpoint | None = None
     """The newest committed checkpoint."""
+    pool_objects: dict[str, FileEntry] = field(default_factory=dict)
+    """Pool shards already in the store, by key: a save uploads only the shards missing here."""
 
 
 @dataclass(frozen=True)
@@ -131,15 +169,19 @@ def run_selfplay(run: SelfPlayRun, *, fresh: bool = False, engines: Engines | No
         workdir = Path(scratch)
         state = None if fresh else _restore(store, engines, spec, workdir)
         if state is None:
-            state = _initial_state(spec, engines)
-            log.info("starting %s at step 0 with %d seed problems", store.uri, len(state.pool))
+            pool = bootstrap(spec, engines, store) if spec.self_play.bootstrap.enabled else None
+            state = _initial_state(spec, engines, pool)
+            log.info("starting %s at step 0 with %d problems", store.uri, len(state.pool))
         else:
             log.info("resuming %s at step %d (pool %d)", store.uri, state.step, len(state.pool))
 
-        with tqdm(
-            total=max_steps, initial=state.step, desc=run.metadata.name, unit="step", dynamic_ncols=True
-        ) as bar:
-            while state.step < max_steps:
+        with (
+            _StopOnSigterm() as stop,
+            tqdm(
+                total=max_steps, initial=state.step, desc=run.metadata.name, unit="step", dynamic_ncols=True
+            ) as bar,
+        ):
+            while state.step < max_steps and not stop.requested:
                 record = _play_and_train(spec, engines, state)
                 state.history.append(record)
                 bar.write(record.line(max_steps))
@@ -152,9 +194,18 @@ def run_selfplay(run: SelfPlayRun, *, fresh: bool = False, engines: Engines | No
                         f"{record.legal_ratio:.2f}, solve rate {record.solve_rate:.2f}): the model does not "
                         f"write legal, answerable problems. Committed state is kept at {store.uri}."
                     )
-                if state.step % spec.training.save_every == 0 or state.step == max_steps:
-                    state.checkpoint = _save(store, engines, state, workdir)
+                if state.step % spec.training.save_every == 0 or state.step == max_steps or stop.requested:
+                    state.checkpoint = _save(store, engines, state, workdir, spec.training)
                     _write_progress(store, spec, state, record)
+        if stop.requested and state.step < max_steps:
+            where = f"{store.uri}/{state.checkpoint.prefix}" if state.checkpoint else "no checkpoint yet"
+            log.warning(
+                "SIGTERM: stopped after step %d (%s); exiting with %d to be restarted",
+                state.step,
+                where,
+                PREEMPTED_EXIT_CODE,
+            )
+            raise Preempted(state.step, state.checkpoint)
 
     return RunResult(
         uri=store.uri,
@@ -179,7 +230,9 @@ def _play_and_train(spec: SelfPlayRunSpec, engines: Engines, state: RunState) ->
     ]
     with timer("teacher_generation"):
         teacher_out = engines.teacher_generator.generate(
-            teacher_prompts, method.teacher.group_size, _sampling(method.teacher.sampling, round_seed)
+            teacher_prompts,
+            method.teacher.group_size,
+            SamplingParams.from_spec(method.teacher.sampling, round_seed),
         )
     parsed: list[list[TeacherOutput]] = [
         [
@@ -207,7 +260,7 @@ def _play_and_train(spec: SelfPlayRunSpec, engines: Engines, state: RunState) ->
             answers = engines.student_generator.generate(
                 [student_prompts[k] for k in legal],
                 method.student.samples,
-                _sampling(method.student.sampling, round_seed + 1),
+                SamplingParams.from_spec(method.student.sampling, round_seed + 1),
             )
         student_out = dict(zip(legal, answers, strict=True))
 
@@ -272,15 +325,65 @@ def _play_and_train(spec: SelfPlayRunSpec, engines: Engines, state: RunState) ->
 
 
 # ----------------------------------------------------------------------------------- state & I/O
-def _initial_state(spec: SelfPlayRunSpec, engines: Engines) -> RunState:
-    pool = _empty_pool(spec, engines.embedder.dim)
-    seeds = [NewProblem(text=text, step_added=0, source="seed") for text in spec.seed_problems]
-    pool.add(seeds, engines.embedder.embed(spec.seed_problems))
+def _initial_state(spec: SelfPlayRunSpec, engines: Engines, pool: ProblemPool | None) -> RunState:
+    if pool is None:
+        pool = ProblemPool(engines.embedder.dim, **_pool_settings(spec))
+        seeds = [NewProblem(text=text, step_added=0, source="seed") for text in spec.seed_problems]
+        pool.add(seeds, engines.embedder.embed(spec.seed_problems))
     return RunState(step=0, pool=pool, rng=np.random.default_rng(spec.training.seed))
 
 
-def _empty_pool(spec: SelfPlayRunSpec, dim: int) -> ProblemPool:
-    return ProblemPool(dim, **_pool_settings(spec))
+def run_bootstrap(run: SelfPlayRun, *, engines: Engines | None = None) -> ProblemPool:
+    """Only the bootstrap phase (``opensir bootstrap``, the operator's bootstrap Job)."""
+    store = open_store(run.spec.storage, run.metadata.namespace, run.metadata.name)
+    return bootstrap(run.spec, engines or build_engines(run.spec), store)
+
+
+def bootstrap(spec: SelfPlayRunSpec, engines: Engines, store: ArtifactStore) -> ProblemPool:
+    """The bootstrap phase: seeds grown into problems whose solve rate is in band (``bootstrap.json``).
+
+    Its state is stored after every round, so a restarted run (or the training Job after the
+    operator's bootstrap Job) continues it instead of starting over.
+    """
+    method = spec.self_play
+    try:
+        state: BootstrapState | None = BootstrapState.from_json(store.get_bytes(BOOTSTRAP_KEY).decode())
+    except ArtifactNotFoundError:
+        state = None
+
+    def save(current: BootstrapState) -> None:
+        store.put_bytes(BOOTSTRAP_KEY, current.to_json().encode())
+        log.info(
+            "bootstrap round %d: %d/%d problems in band (%d candidates)",
+            current.rounds,
+            len(current.accepted),
+            method.bootstrap.problems,
+            current.candidates,
+        )
+
+    result = bootstrap_pool(
+        spec.seed_problems,
+        generator=engines.teacher_generator,
+        student_generator=engines.student_generator,
+        tokenizer=engines.tokenizer,
+        embedder=engines.embedder,
+        config=method,
+        seed=spec.training.seed,
+        prompts_per_round=method.teacher.prompts_per_step
+        * method.teacher.upscale_ratio
+        * method.teacher.group_size,
+        chat_template=spec.model.chat_template,
+        state=state,
+        on_round=save,
+    )
+    if not result.complete:
+        log.warning(
+            "bootstrap stopped after %d rounds with %d of %d problems; training starts with them",
+            result.state.rounds,
+            len(result.state.accepted),
+            method.bootstrap.problems,
+        )
+    return result.pool
 
 
 def _pool_settings(spec: SelfPlayRunSpec) -> dict[str, Any]:
@@ -292,12 +395,28 @@ def _pool_settings(spec: SelfPlayRunSpec) -> dict[str, Any]:
     }
 
 
-def _save(store: ArtifactStore, engines: Engines, state: RunState, workdir: Path) -> Checkpoint:
-    """Checkpoint = pool shards (incremental, shared by all checkpoints) + the step's own files."""
-    pool_dir = workdir / "pool"
-    for path in state.pool.save(pool_dir):
-        store.put_file(f"{POOL_PREFIX}/{path.relative_to(pool_dir).as_posix()}", path)
+def _save(
+    store: ArtifactStore, engines: Engines, state: RunState, workdir: Path, training: TrainingSpec
+) -> Checkpoint:
+    """Commit a checkpoint of the state after ``state.step``, then apply retention.
+
+    Its own files: the trainer (model, optimizer, scheduler, RNGs), ``runner.json`` (step, sampling
+    RNG, history) and the pool's state file (ids, draw counts, shard list). Its shared objects: the
+    pool shards that state names, of which only those written since the last save are uploaded.
+    """
+    pool_dir = workdir / POOL_PREFIX
+    state.pool.save(pool_dir)
+    *shards, state_file = state.pool.saved_files
+    shared = []
+    for name in shards:
+        key = f"{POOL_PREFIX}/{name}"
+        if key not in state.pool_objects:
+            state.pool_objects[key] = FileEntry.of(key, pool_dir / name)
+            store.put_file(key, pool_dir / name)
+        shared.append(state.pool_objects[key])
     staged = Path(tempfile.mkdtemp(prefix=f"step-{state.step:06d}-", dir=workdir))
+    (staged / POOL_PREFIX).mkdir()
+    shutil.copyfile(pool_dir / state_file, staged / POOL_PREFIX / state_file)
     engines.trainer.save(staged / "trainer")
     runner_state = {
         "step": state.step,
@@ -307,29 +426,33 @@ def _save(store: ArtifactStore, engines: Engines, state: RunState, workdir: Path
         "history": [asdict(r) for r in state.history],
     }
     (staged / "runner.json").write_text(json.dumps(runner_state))
-    checkpoint = commit_checkpoint(store, state.step, staged, {"pool_size": len(state.pool)})
+    checkpoint = commit_checkpoint(store, state.step, staged, {"pool_size": len(state.pool)}, shared)
     shutil.rmtree(staged)
     log.info("committed %s/%s", store.uri, checkpoint.prefix)
+    prune_checkpoints(store, training.keep_checkpoints, training.keep_every)
     return checkpoint
 
 
 def _forget(store: ArtifactStore) -> None:
     """``--fresh``: the run's earlier checkpoints, pool and progress go, so none can mix with the new ones."""
     log.warning("--fresh: deleting the stored checkpoints, pool and progress of %s", store.uri)
-    for prefix in (CHECKPOINTS, POOL_PREFIX, PROGRESS_KEY, HISTORY_KEY):
+    for prefix in (CHECKPOINTS, POOL_PREFIX, PROGRESS_KEY, HISTORY_KEY, BOOTSTRAP_KEY):
         store.delete(prefix)
 
 
 def _restore(store: ArtifactStore, engines: Engines, spec: SelfPlayRunSpec, workdir: Path) -> RunState | None:
+    """The state of the newest committed checkpoint whose checksums hold; None when there is none."""
     checkpoint = fetch_latest_valid(store, workdir / "restore")
     if checkpoint is None:
         return None
     local = workdir / "restore" / checkpoint.prefix.rsplit("/", 1)[-1]
+    if not (local / POOL_PREFIX).is_dir():
+        raise RunError(
+            f"{store.uri}/{checkpoint.prefix} has no pool state (an older opensir wrote it); "
+            "start over with --fresh"
+        )
     runner_state = json.loads((local / "runner.json").read_text())
-    pool_dir = workdir / "pool"
-    for key in store.list(POOL_PREFIX):
-        store.get_file(key, pool_dir / key.removeprefix(f"{POOL_PREFIX}/"))
-    pool = ProblemPool.load(pool_dir, upto_id=runner_state["pool_next_id"] - 1, **_pool_settings(spec))
+    pool = ProblemPool.load(local / POOL_PREFIX, **_pool_settings(spec))
     engines.trainer.load(local / "trainer")
     engines.weight_sync.push(engines.trainer)
     shutil.rmtree(workdir / "restore")
@@ -342,6 +465,7 @@ def _restore(store: ArtifactStore, engines: Engines, spec: SelfPlayRunSpec, work
         consecutive_skips=int(runner_state["consecutive_skips"]),
         history=[StepRecord(**r) for r in runner_state["history"]],
         checkpoint=checkpoint,
+        pool_objects={entry.path: entry for entry in checkpoint.shared},
     )
 
 
@@ -370,16 +494,6 @@ def _write_progress(store: ArtifactStore, spec: SelfPlayRunSpec, state: RunState
 
 
 # --------------------------------------------------------------------------------------- helpers
-def _sampling(sampling: SamplingSpec, seed: int) -> SamplingParams:
-    return SamplingParams(
-        temperature=sampling.temperature,
-        top_p=sampling.top_p,
-        top_k=sampling.top_k,
-        max_tokens=sampling.max_tokens,
-        seed=seed,
-    )
-
-
 def _problem_text(parsed: list[list[TeacherOutput]], key: tuple[int, int]) -> str:
     problem = parsed[key[0]][key[1]].problem
     assert problem is not None, "legal teacher outputs always carry a problem"
@@ -408,6 +522,33 @@ def _pool_entries(
 
 def _mean(values: list[float]) -> float:
     return float(np.mean(values)) if values else 0.0
+
+
+class _StopOnSigterm:
+    """SIGTERM sets :attr:`requested`; the loop checks it between steps and stops at the next one.
+
+    The handler does nothing else: a checkpoint written from inside it would run in the middle of
+    whatever the main thread was doing (an optimizer step half applied, a file half written). Outside
+    the main thread no handler can be installed, and SIGTERM keeps its default action.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+        self._installed = False
+
+    def __enter__(self) -> _StopOnSigterm:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            self._installed = True
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.requested = True
+
+    def __exit__(self, *exc: object) -> None:
+        if self._installed:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 class _PhaseTimer:

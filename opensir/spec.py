@@ -303,7 +303,10 @@ class TrainingSpec(_Model):
     save_every: PositiveInt = 25
     """Write a checkpoint every this many steps (and at the end)."""
     keep_checkpoints: PositiveInt | None = None
-    """Keep only the newest this many checkpoints; null keeps all."""
+    """Keep only the newest this many checkpoints (besides those keepEvery keeps); null keeps all."""
+    keep_every: PositiveInt | None = None
+    """Also keep every checkpoint whose step is a multiple of this, whatever keepCheckpoints says: milestones
+    for evaluation and comparison survive the rolling window. Null keeps no extra ones."""
     seed: int = 42
     """Seed of every random generator of the run."""
     engine: Literal["torch", "deepspeed"] = "torch"
@@ -381,16 +384,24 @@ class StorageSpec(_Model):
     """Where checkpoints, the pool and progress live: ``<uri>/<namespace>/<run>/``."""
 
     uri: str = "file://./runs"
-    """file://DIR or s3://BUCKET/PREFIX."""
+    """file://DIR or s3://BUCKET/PREFIX; a run's artifacts go to <uri>/<namespace>/<run>/."""
     endpoint: str | None = None
-    """S3 endpoint (host:port) for S3-compatible stores such as MinIO; null uses AWS."""
+    """S3 endpoint (host:port) for S3-compatible stores such as MinIO; null uses AWS. A URL
+    (http://host:port) is accepted too, and its scheme then decides TLS instead of secure."""
     region: str | None = None
-    """S3 region."""
+    """S3 region; null asks the server for the bucket's region."""
     secure: bool = True
     """Use TLS to the S3 endpoint."""
     credentials_secret: str | None = None
     """Name of a Secret with keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (on a cluster); locally the
-    same variables are read from the environment. Credentials never appear in the spec."""
+    same variables are read from the environment, or from files in the directory that
+    OPENSIR_S3_CREDENTIALS_DIR names. Credentials never appear in the spec."""
+    part_size_mib: int = Field(default=64, ge=5, le=5120)
+    """Files larger than this many MiB are uploaded to S3 in multipart uploads of parts this size (S3
+    allows 5 MiB to 5 GiB per part and at most 10000 parts)."""
+    request_attempts: PositiveInt = 5
+    """Attempts per S3 request when it fails transiently (connection errors, timeouts, 5xx, SlowDown),
+    with exponential backoff and jitter between them; permanent errors fail at once."""
     delete_on_run_deletion: bool = False
     """Delete the run's artifacts when the SelfPlayRun is deleted."""
 

@@ -483,10 +483,18 @@ def train_job(t: Target, attempt: int) -> Manifest:
     if training.nodes > 1:
         container["ports"].append({"name": "rdzv", "containerPort": names.RENDEZVOUS_PORT, "protocol": "TCP"})
     pod_extra: Manifest = {"terminationGracePeriodSeconds": 300}  # time to checkpoint on SIGTERM
-    job_extra: Manifest = {}
+    # A pod evicted or preempted (DisruptionTarget) checkpoints on SIGTERM and exits 143; the Job
+    # controller replaces it without counting a failure, so preemption never uses up backoffLimit.
+    job_extra: Manifest = {
+        "podFailurePolicy": {
+            "rules": [
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+            ]
+        }
+    }
     if training.nodes > 1:
         pod_extra["subdomain"] = names.train_name(t.name)
-        job_extra = {
+        job_extra |= {
             "completionMode": "Indexed",
             "completions": training.nodes,
             "parallelism": training.nodes,

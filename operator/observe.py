@@ -141,10 +141,7 @@ class ProgressReading:
 
 def read_progress(run: SelfPlayRun) -> ProgressReading:
     """Read ``progress.json`` from the run's store; a missing file is normal before the first step."""
-    try:
-        store = open_store(run.spec.storage, run.metadata.namespace, run.metadata.name)
-    except NotImplementedError as error:
-        return ProgressReading(error=str(error))
+    store = open_store(run.spec.storage, run.metadata.namespace, run.metadata.name)
     try:
         raw = store.get_bytes(PROGRESS_KEY)
     except ArtifactNotFoundError:

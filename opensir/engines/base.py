@@ -17,6 +17,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from opensir.rl.batch import TrainBatch, TrainStats
+    from opensir.spec import SamplingSpec
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,17 @@ class SamplingParams:
     """Strings that end a completion; the stop string itself is not part of the text."""
     seed: int | None = None
     """Seed for this request; None leaves the engine's own generator state untouched."""
+
+    @classmethod
+    def from_spec(cls, sampling: SamplingSpec, seed: int | None = None) -> SamplingParams:
+        """The request parameters of a spec's ``sampling`` section."""
+        return cls(
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k,
+            max_tokens=sampling.max_tokens,
+            seed=seed,
+        )
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from opensir.selfplay.parsing import parse_teacher
 from opensir.selfplay.pool import NewProblem, ProblemPool
 from opensir.selfplay.prompts import render_prompt, student_messages, teacher_messages
 from opensir.selfplay.rewards import in_band
-from opensir.spec import SamplingSpec, SelfPlaySpec
+from opensir.spec import SelfPlaySpec
 
 _XML_TAG = re.compile(r"</?([a-zA-Z][a-zA-Z0-9_-]*)(?:\s[^<>]*?)?/?>")
 
@@ -91,16 +91,6 @@ def answer_leaked(answer: str, problem: str) -> bool:
     return re.search(r"(?<!\w)" + re.escape(answer) + r"(?!\w)", problem) is not None
 
 
-def _sampling(spec: SamplingSpec, seed: int | None) -> SamplingParams:
-    return SamplingParams(
-        temperature=spec.temperature,
-        top_p=spec.top_p,
-        top_k=spec.top_k,
-        max_tokens=spec.max_tokens,
-        seed=seed,
-    )
-
-
 def _verdict(text: str, answer: str | None, solve_rate: float, config: SelfPlaySpec) -> str:
     """ "" when a candidate passes the filters, otherwise the reason it does not."""
     if answer is None:
@@ -122,6 +112,7 @@ def _run_round(
     state: BootstrapState,
     seed_problems: Sequence[str],
     generator: Generator,
+    student_generator: Generator,
     tokenizer: Any,
     config: SelfPlaySpec,
     seed: int,
@@ -133,7 +124,9 @@ def _run_round(
     picks = rng.integers(0, len(references), size=prompts_per_round)
     prompts = [render_prompt(tokenizer, teacher_messages(references[i]), chat_template) for i in picks]
     round_seed = int(rng.integers(0, 2**31 - 1))
-    teacher_out = generator.generate(prompts, 1, _sampling(config.teacher.sampling, round_seed))
+    teacher_out = generator.generate(
+        prompts, 1, SamplingParams.from_spec(config.teacher.sampling, round_seed)
+    )
     rejected = dict(state.rejected)
     candidates = []
     for completions in teacher_out:
@@ -156,8 +149,10 @@ def _run_round(
         student_prompts = [
             render_prompt(tokenizer, student_messages(c.problem or ""), chat_template) for c in candidates
         ]
-        answers_out = generator.generate(
-            student_prompts, config.student.samples, _sampling(config.student.sampling, round_seed + 1)
+        answers_out = student_generator.generate(
+            student_prompts,
+            config.student.samples,
+            SamplingParams.from_spec(config.student.sampling, round_seed + 1),
         )
         student = config.student
         for candidate, completions in zip(candidates, answers_out, strict=True):
@@ -220,11 +215,13 @@ def bootstrap_pool(
     chat_template: str | None = None,
     state: BootstrapState | None = None,
     on_round: Callable[[BootstrapState], None] | None = None,
+    student_generator: Generator | None = None,
 ) -> BootstrapResult:
     """Run (or continue, from ``state``) the bootstrap and build the initial pool from it.
 
     ``prompts_per_round`` teacher prompts are sampled per round, one completion each; every legal
-    candidate is answered ``config.student.samples`` times with the student sampling settings.
+    candidate is answered ``config.student.samples`` times with the student sampling settings, by
+    ``student_generator`` when given (a scaffolded one, say) and by ``generator`` otherwise.
     """
     if not seed_problems:
         raise ValueError("bootstrap needs at least one seed problem")
@@ -234,7 +231,15 @@ def bootstrap_pool(
     target, max_rounds = config.bootstrap.problems, config.bootstrap.max_rounds
     while len(current.accepted) < target and current.rounds < max_rounds:
         current = _run_round(
-            current, seed_problems, generator, tokenizer, config, seed, prompts_per_round, chat_template
+            current,
+            seed_problems,
+            generator,
+            student_generator or generator,
+            tokenizer,
+            config,
+            seed,
+            prompts_per_round,
+            chat_template,
         )
         if on_round is not None:
             on_round(current)

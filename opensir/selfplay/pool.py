@@ -186,6 +186,15 @@ class ProblemPool:
         return self._next_id - 1
 
     @property
+    def saved_files(self) -> list[str]:
+        """Names of the files the last :meth:`save` (or :meth:`load`) state consists of: its shards,
+        oldest first, then its state file. Together they reload exactly that pool, so a checkpoint
+        that records them (and keeps the state file as its own) is exact however the directory
+        changes later."""
+        shards = [f"{s.stem}.{ext}" for s in self._shards for ext in ("jsonl", "npy")]
+        return [*shards, f"state-{self._saved_next_id:012d}.json"]
+
+    @property
     def evicted(self) -> int:
         """Problems dropped so far by ``max_size``."""
         return self._evicted

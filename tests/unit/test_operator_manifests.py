@@ -179,6 +179,9 @@ def test_trainer_command_single_process_runs_opensir_run():
     assert job["metadata"]["annotations"][names.ATTEMPT] == "3"
     assert job["spec"]["backoffLimit"] == 0  # the operator restarts from the checkpoint and counts it
     assert {"name": "config", "mountPath": "/etc/opensir", "readOnly": True} in container["volumeMounts"]
+    # Preemption is not a failure: the pod checkpointed on SIGTERM and a replacement resumes from it.
+    [rule] = job["spec"]["podFailurePolicy"]["rules"]
+    assert rule == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
 
 
 def test_multi_node_training_is_an_indexed_job_with_a_headless_service_and_rendezvous_env():

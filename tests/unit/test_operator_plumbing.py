@@ -120,11 +120,20 @@ def test_read_progress(tmp_path: Path):
                 "apiVersion": "opensir.io/v1alpha1",
                 "kind": "SelfPlayRun",
                 "metadata": {"name": "r"},
-                "spec": {"model": {"name": "m"}, "storage": {"uri": "s3://b/p"}},
+                "spec": {
+                    "model": {"name": "m"},
+                    # A closed port on this machine: an unreachable store is a status error, not a crash.
+                    "storage": {
+                        "uri": "s3://b/p",
+                        "endpoint": "127.0.0.1:9",
+                        "secure": False,
+                        "requestAttempts": 1,
+                    },
+                },
             }
         )
     )
-    assert s3.error and "S3" in s3.error
+    assert s3.error and "s3://b/p/default/r/progress.json" in s3.error
 
 
 def test_artifacts_are_deleted_only_on_request(tmp_path: Path):

@@ -83,3 +83,62 @@ def test_a_policy_that_never_writes_a_legal_problem_fails_with_the_reason(tmp_pa
     progress = json.loads((tmp_path / "default" / "babble" / "progress.json").read_text())
     assert progress["step"] == 3 and progress["lastStep"]["trained"] is False
     assert progress["poolSize"] == 1 and progress["lastCheckpoint"] is None
+
+
+class ScriptedPolicy:
+    """Writes a new legal problem for every teacher prompt; students answer 12 three times in four."""
+
+    def __init__(self) -> None:
+        self.problems = 0
+        self.calls = 0
+
+    def generate(self, prompts, n: int, sampling: SamplingParams) -> list[list[Completion]]:
+        self.calls += 1
+        out = []
+        for prompt in prompts:
+            if "<problem>" in "".join(map(chr, prompt)):
+                self.problems += 1
+                name = "".join(chr(ord("a") + int(d)) for d in str(self.problems))
+                text = (
+                    f"<think>vary it</think><problem>How many apples do the {name} baskets hold together?"
+                    "</problem><concepts>multiplication facts</concepts>"
+                )
+                out.append([Completion(text, tuple(map(ord, text)), None, "stop")] * n)
+            else:
+                texts = ["so \\boxed{12}"] * (n - 1) + ["so \\boxed{13}"]
+                out.append([Completion(t, tuple(map(ord, t)), None, "stop") for t in texts])
+        return out
+
+
+def test_bootstrap_builds_an_in_band_pool_and_resumes_from_its_stored_state(tmp_path: Path):
+    from opensir.runner import run_bootstrap
+
+    run = parse_run(
+        {
+            "apiVersion": "opensir.io/v1alpha1",
+            "kind": "SelfPlayRun",
+            "metadata": {"name": "boot"},
+            "spec": {
+                "model": {"name": "scripted"},
+                "selfPlay": {
+                    "teacher": {"groupSize": 2, "upscaleRatio": 1},
+                    "student": {"samples": 4},
+                    "bootstrap": {"enabled": True, "problems": 3, "maxRounds": 5},
+                },
+                "training": {"maxSteps": 10, "warmupSteps": 0},
+                "storage": {"uri": f"file://{tmp_path}"},
+            },
+        }
+    )
+    policy = ScriptedPolicy()
+    engines = Engines(ChatTokenizer(), policy, policy, policy, HashEmbedder(), UntouchableTrainer(), None)
+    pool = run_bootstrap(run, engines=engines)
+    assert [p.source for p in pool.problems] == ["seed", "bootstrap", "bootstrap", "bootstrap"]
+    assert all(p.solve_rate == 0.75 and p.answer == "12" for p in pool.problems[1:])
+    stored = json.loads((tmp_path / "default" / "boot" / "bootstrap.json").read_text())
+    assert len(stored["accepted"]) == 3 and stored["rounds"] == 2
+
+    calls = policy.calls
+    again = run_bootstrap(run, engines=engines)
+    assert policy.calls == calls, "a finished bootstrap is read back, not generated again"
+    assert [p.text for p in again.problems] == [p.text for p in pool.problems]
