@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from opensir.errors import OpensirError
 from opensir.storage import ArtifactStore, sha256_file
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ FORMAT_VERSION = 2
 """2 added ``shared``; format 1 manifests read as having no shared objects."""
 
 
-class CorruptCheckpointError(RuntimeError):
+class CorruptCheckpointError(OpensirError, RuntimeError):
     """A committed checkpoint's files do not match its manifest."""
 
 

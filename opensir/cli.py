@@ -14,6 +14,7 @@ import yaml
 
 from opensir import reference
 from opensir import spec as spec_module
+from opensir.errors import OpensirError
 from opensir.spec import SpecError
 
 
@@ -25,6 +26,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SpecError as error:
         print(error, file=sys.stderr)
         return 2
+    except OpensirError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -41,6 +41,7 @@ from opensir.checkpoint import (
 )
 from opensir.engines.base import Completion, SamplingParams
 from opensir.engines.factory import Engines, build_engines
+from opensir.errors import OpensirError
 from opensir.rl.rollouts import assemble_batch
 from opensir.selfplay import (
     BootstrapState,
@@ -71,7 +72,7 @@ PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM
 """143: what a process killed by SIGTERM reports; Kubernetes counts the pod as failed and restartable."""
 
 
-class RunError(RuntimeError):
+class RunError(OpensirError, RuntimeError):
     """The run cannot go on; the message says why and what was kept."""
 
 

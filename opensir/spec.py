@@ -23,6 +23,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from opensir.errors import OpensirError
+
 API_GROUP = "opensir.io"
 API_VERSION = "v1alpha1"
 KIND = "SelfPlayRun"
@@ -649,7 +651,7 @@ class SelfPlayRun(_Model):
 
 
 # --------------------------------------------------------------------------------------- loading
-class SpecError(Exception):
+class SpecError(OpensirError):
     """A SelfPlayRun manifest is invalid; ``problems`` lists each one as (path, value, message)."""
 
     def __init__(self, source: str, problems: list[tuple[str, Any, str]]) -> None:

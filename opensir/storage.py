@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
 from urllib.parse import urlsplit
 
+from opensir.errors import OpensirError
 from opensir.spec import StorageSpec
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ class ArtifactNotFoundError(FileNotFoundError):
     """The key does not exist in the store."""
 
 
-class StorageError(OSError):
+class StorageError(OpensirError, OSError):
     """A store request failed for good (a permanent error, or a transient one that outlived its retries).
 
     The message names the bucket (or directory), the key and the cause. It is an :class:`OSError` so

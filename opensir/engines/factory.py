@@ -13,6 +13,7 @@ from opensir.engines.embedding import SentenceTransformerEmbedder
 from opensir.engines.hf import HFGenerator
 from opensir.engines.models import eos_token_ids, load_causal_lm, load_tokenizer, pick_device, pick_dtype
 from opensir.engines.weight_sync import InProcessWeightSync
+from opensir.errors import OpensirError
 from opensir.rl.trainer import TorchTrainer, frozen_copy
 from opensir.selfplay.scaffold import STUDENT_SCAFFOLD, TEACHER_SCAFFOLD, ScaffoldedGenerator
 from opensir.spec import SelfPlayRunSpec
@@ -20,7 +21,7 @@ from opensir.spec import SelfPlayRunSpec
 log = logging.getLogger(__name__)
 
 
-class EngineUnavailableError(RuntimeError):
+class EngineUnavailableError(OpensirError, RuntimeError):
     """The spec asks for an engine this installation cannot provide; the message says which and why."""
 
 

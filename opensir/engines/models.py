@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from opensir.errors import OpensirError
+
 if TYPE_CHECKING:
     from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
@@ -39,7 +41,7 @@ _SOURCE_FILE = "opensir-source.json"
 """Written into a converted builtin's directory: which package file it was converted from."""
 
 
-class ModelNotFoundError(LookupError):
+class ModelNotFoundError(OpensirError, LookupError):
     """A model name could not be resolved to a directory of weights; the message says why."""
 
 

@@ -17,6 +17,7 @@ from typing import Protocol
 from torch import nn
 
 from opensir.engines.base import Trainer
+from opensir.errors import OpensirError
 
 
 class _HasModel(Protocol):
@@ -24,7 +25,7 @@ class _HasModel(Protocol):
     def model(self) -> nn.Module: ...
 
 
-class WeightSyncError(RuntimeError):
+class WeightSyncError(OpensirError, RuntimeError):
     """The generator would not serve the trainer's weights."""
 
 

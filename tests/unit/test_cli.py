@@ -100,3 +100,18 @@ def test_run_with_bad_spec_exits_before_loading_anything(bad_band: Path):
     result = opensir("run", str(bad_band))
     assert result.returncode == 2
     assert "spec.selfPlay.solveRate.lower" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_run_with_an_unknown_model_says_so_without_a_traceback(tmp_path: Path):
+    result = opensir(
+        "run",
+        str(ROOT / "examples" / "tiny-cpu.yaml"),
+        "--set",
+        "model.name=builtin:no-such-model",
+        "--set",
+        f"storage.uri=file://{tmp_path}",
+    )
+    assert result.returncode == 1
+    assert "error:" in result.stderr and "builtin:no-such-model" in result.stderr
+    assert "smollm2-135m-instruct" in result.stderr  # the known builtins are listed
+    assert "Traceback" not in result.stderr
