@@ -11,6 +11,7 @@ import itertools
 import json
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -203,6 +204,38 @@ def operator_running(namespace: str, kmock_api: KmockAPI) -> Iterator[kopf_testi
         runner.liveness_url = liveness  # type: ignore[attr-defined]
         yield runner
     assert runner.exception is None, runner.output[-5000:]
+
+
+@contextlib.contextmanager
+def operator_process(namespace: str) -> Iterator[subprocess.Popen[bytes]]:
+    """The real operator as its own process (``kopf run``, as in the chart), so a test can SIGKILL it.
+
+    It logs in through the session's KUBECONFIG (kmock). Ready once its liveness endpoint answers.
+    """
+    liveness = f"http://127.0.0.1:{_free_port()}/healthz"
+    kopf = str(Path(sys.executable).with_name("kopf"))
+    command = [kopf, "run", "--standalone", "--namespace", namespace, "--liveness", liveness]
+    process = subprocess.Popen(
+        [*command, "-m", "opensir_operator.handlers"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_for(
+            lambda: _answers(liveness) or process.poll() is not None, bool, what="the operator's liveness"
+        )
+        assert process.poll() is None, f"the operator exited with {process.returncode}"
+        yield process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=30)
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
 
 
 def run_manifest(name: str, namespace: str, store: Path, **spec: Any) -> dict[str, Any]:

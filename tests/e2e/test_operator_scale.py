@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from operator_harness import K8s, KmockAPI, run_manifest, wait_for, write_progress
+from operator_harness import K8s, KmockAPI, operator_process, run_manifest, wait_for, write_progress
 
 pytestmark = pytest.mark.integration
 
@@ -59,6 +59,22 @@ def test_operator_restart_mid_run_duplicates_nothing(
     assert second - first == collections.Counter(
         {("configmaps", "iota-config"): 1, ("jobs", "iota-train"): 1}
     )
+
+    # Killed with SIGKILL (no cleanup, no kopf shutdown) right after a spec change, then restarted:
+    # the change lands once and nothing is created twice.
+    with operator_process(ns) as operator:
+        wait_for(lambda: k8s.status(ns, "iota").get("phase"), lambda p: p == "Training", what="Training")
+        k8s.patch_run(ns, "iota", {"spec": {"rollout": {"replicas": 3}}})
+        operator.kill()
+        operator.wait(timeout=30)
+    with operator_process(ns):
+        wait_for(
+            lambda: k8s.apps.read_namespaced_deployment("iota-rollout", ns).spec.replicas,
+            lambda replicas: replicas == 3,
+            what="the new replica count",
+        )
+    assert creates(kmock_api, ns) == second
+    assert k8s.status(ns, "iota")["restarts"] == 1
 
     # A restart with nothing changed creates nothing and counts no restart.
     with run_operator(ns):
