@@ -269,7 +269,12 @@ def test_operator_deployment() -> None:
     assert {"run", "--standalone", "--all-namespaces", "--liveness=http://0.0.0.0:8080/healthz"} <= set(args)
     for probe in (container["livenessProbe"], container["readinessProbe"]):
         assert probe["httpGet"] == {"path": "/healthz", "port": "health"}
-    assert container["ports"] == [{"name": "health", "containerPort": 8080, "protocol": "TCP"}]
+    assert container["ports"] == [
+        {"name": "health", "containerPort": 8080, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": 9100, "protocol": "TCP"},
+    ]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["OPENSIR_OPERATOR_METRICS_PORT"] == "9100"
     assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["OPENSIR_RUNTIME_IMAGE"] == "ghcr.io/opensir/opensir-runtime:0.1.0"
@@ -288,7 +293,7 @@ def test_namespaced_operator_watches_only_its_namespaces() -> None:
 
 # ----------------------------------------------------------------------------------------- monitoring
 def test_podmonitor_selects_run_pods() -> None:
-    monitor = one(render_case("all-on"), "PodMonitor")
+    monitor = one(render_case("all-on"), "PodMonitor", "opensir-runs")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     spec = monitor["spec"]
@@ -298,8 +303,19 @@ def test_podmonitor_selects_run_pods() -> None:
     (endpoint,) = spec["podMetricsEndpoints"]
     assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics"
     assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout", "honorLabels", "relabelings"}
-    namespaced = one(render_case("all-on-namespaced"), "PodMonitor")
+    namespaced = one(render_case("all-on-namespaced"), "PodMonitor", "opensir-runs")
     assert namespaced["spec"]["namespaceSelector"] == {"matchNames": ["team-a"]}
+
+
+def test_operator_podmonitor_selects_only_the_operator_pod() -> None:
+    manifests = render_case("all-on")
+    monitor = one(manifests, "PodMonitor", "opensir-operator")
+    deployment = one(manifests, "Deployment", "opensir-operator")
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selector == deployment["spec"]["selector"]["matchLabels"]
+    assert selector["app.kubernetes.io/component"] == "operator"
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics"
 
 
 DURATION = re.compile(r"^([0-9]+(ms|s|m|h|d|w|y))+$")
