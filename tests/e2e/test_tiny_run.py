@@ -12,25 +12,16 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny import FAST_OVERRIDES
 
 from opensir.selfplay import ProblemPool
 
 ROOT = Path(__file__).resolve().parents[2]
 OPENSIR = str(Path(sys.executable).with_name("opensir"))
-# The tiny example, shrunk further so the suite stays fast; the code path is the same.
-SMALLER = [
-    "selfPlay.teacher.groupSize=2",
-    "selfPlay.teacher.upscaleRatio=2",
-    "selfPlay.teacher.sampling.maxTokens=64",
-    "selfPlay.student.samples=3",
-    "selfPlay.student.sampling.maxTokens=64",
-    "training.saveEvery=1",
-    "training.maxConsecutiveSkips=3",
-]
 
 
 def opensir_run(storage: Path, max_steps: int) -> subprocess.CompletedProcess[str]:
-    overrides = [*SMALLER, f"training.maxSteps={max_steps}", f"storage.uri=file://{storage}"]
+    overrides = [*FAST_OVERRIDES, f"training.maxSteps={max_steps}", f"storage.uri=file://{storage}"]
     command = [OPENSIR, "run", str(ROOT / "examples" / "tiny-cpu.yaml")]
     for override in overrides:
         command += ["--set", override]

@@ -37,19 +37,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 import build_dashboard  # noqa: E402  (scripts/ is not a package)
+from tiny import FAST_OVERRIDES  # noqa: E402
 
 DEADLINE_SECONDS = 120.0
 NAMESPACE, RUN = "default", "tiny-cpu"
-SMALLER = [
-    "selfPlay.teacher.groupSize=2",
-    "selfPlay.teacher.upscaleRatio=2",
-    "selfPlay.teacher.sampling.maxTokens=64",
-    "selfPlay.student.samples=3",
-    "selfPlay.student.sampling.maxTokens=64",
-    "training.saveEvery=1",
-    "training.maxConsecutiveSkips=3",
-    "training.maxSteps=1",
-]
+SMALLER = [*FAST_OVERRIDES, "training.maxSteps=1"]
 # What Grafana substitutes for its variables; the range covers the whole run.
 VARIABLES = {"$namespace": NAMESPACE, "$run": RUN, "$__rate_interval": "30m"}
 T = TypeVar("T")
