@@ -3,29 +3,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
+from scripted import CharTokenizer
 
 from opensir.engines.base import Completion, SamplingParams
 from opensir.engines.factory import Engines
 from opensir.runner import RunError, run_selfplay
 from opensir.spec import parse_run
-
-
-class ChatTokenizer:
-    """Characters as tokens, and a plain chat template."""
-
-    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True, chat_template=None):
-        return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
-
-    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
-        return [ord(c) for c in text]
-
-    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
-        return "".join(chr(i) for i in ids)
 
 
 class Babbler:
@@ -76,7 +63,7 @@ def test_a_policy_that_never_writes_a_legal_problem_fails_with_the_reason(tmp_pa
         }
     )
     babbler = Babbler()
-    engines = Engines(ChatTokenizer(), babbler, babbler, babbler, HashEmbedder(), UntouchableTrainer(), None)
+    engines = Engines(CharTokenizer(), babbler, babbler, babbler, HashEmbedder(), UntouchableTrainer(), None)
     with pytest.raises(RunError, match=r"3 rounds in a row had nothing to train on \(legal ratio 0\.00"):
         run_selfplay(run, engines=engines)
     assert babbler.calls == 3  # teacher only: with no legal problem there is nothing to answer
@@ -131,7 +118,7 @@ def test_bootstrap_builds_an_in_band_pool_and_resumes_from_its_stored_state(tmp_
         }
     )
     policy = ScriptedPolicy()
-    engines = Engines(ChatTokenizer(), policy, policy, policy, HashEmbedder(), UntouchableTrainer(), None)
+    engines = Engines(CharTokenizer(), policy, policy, policy, HashEmbedder(), UntouchableTrainer(), None)
     pool = run_bootstrap(run, engines=engines)
     assert [p.source for p in pool.problems] == ["seed", "bootstrap", "bootstrap", "bootstrap"]
     assert all(p.solve_rate == 0.75 and p.answer == "12" for p in pool.problems[1:])

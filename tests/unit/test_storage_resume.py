@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scripted import CharTokenizer
 
 from opensir.checkpoint import list_checkpoints
 from opensir.engines.base import Completion, SamplingParams
@@ -24,19 +25,6 @@ from opensir.runner import PREEMPTED_EXIT_CODE, Preempted, RunResult, run_selfpl
 from opensir.selfplay import ProblemPool
 from opensir.spec import SelfPlayRun, parse_run
 from opensir.storage import LocalStore
-
-
-class CharTokenizer:
-    """Characters as tokens, and a plain chat template."""
-
-    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True, chat_template=None):
-        return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
-
-    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
-        return [ord(c) for c in text]
-
-    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
-        return "".join(chr(i) for i in ids)
 
 
 def _rng(sampling: SamplingParams, prompt: Sequence[int], i: int) -> np.random.Generator:
