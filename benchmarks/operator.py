@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +24,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 
-import yaml  # noqa: E402
+import operator_harness  # noqa: E402
 from kubernetes import client as k8s_client  # noqa: E402
 from kubernetes import config as k8s_config  # noqa: E402
 from operator_harness import K8s, KmockAPI, new_namespace, operator_running, run_manifest, wait_for  # noqa: E402
@@ -35,29 +33,9 @@ CHILDREN_PER_RUN = 4  # config ConfigMap, rollout Deployment + Service, training
 
 
 def start_kmock(workdir: Path) -> KmockAPI:
-    process = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "e2e" / "kmock_server.py")],
-        cwd=workdir,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None
-    url = f"http://127.0.0.1:{json.loads(process.stdout.readline())['port']}"
-    kubeconfig = workdir / "kubeconfig.yaml"
-    kubeconfig.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "current-context": "kmock",
-                "clusters": [{"name": "kmock", "cluster": {"server": url}}],
-                "users": [{"name": "kmock", "user": {"token": "kmock"}}],
-                "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock"}}],
-            }
-        )
-    )
-    os.environ["KUBECONFIG"] = str(kubeconfig)
-    return KmockAPI(url=url, kubeconfig=kubeconfig, process=process)
+    api = operator_harness.start_kmock(workdir)
+    os.environ["KUBECONFIG"] = str(api.kubeconfig)
+    return api
 
 
 def measure(k8s: K8s, kmock: KmockAPI, runs: int, store: Path) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -16,6 +16,9 @@ from opensir import reference
 from opensir import spec as spec_module
 from opensir.errors import OpensirError
 from opensir.spec import SpecError
+
+if TYPE_CHECKING:
+    from opensir.storage import ArtifactStore
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -185,7 +188,7 @@ def _target_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--endpoint", default=None, help="S3 endpoint (host:port) for an s3:// URI")
 
 
-def _store(args: argparse.Namespace) -> Any:
+def _store(args: argparse.Namespace) -> ArtifactStore:
     """The run's store from a manifest (its spec.storage, namespace and name) or from a store URI."""
     from opensir.status import store_from_uri
     from opensir.storage import open_store

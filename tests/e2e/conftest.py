@@ -21,16 +21,22 @@ import contextlib
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
-from operator_harness import K8s, KmockAPI, lifecycle_scenario, new_namespace, operator_running, wait_for
+from operator_harness import (
+    K8s,
+    KmockAPI,
+    lifecycle_scenario,
+    new_namespace,
+    operator_running,
+    start_kmock,
+    wait_for,
+)
 
 HERE = Path(__file__).resolve().parent
 REQUEST_LOG_ENV = "OPENSIR_KMOCK_REQUEST_LOG"
@@ -38,38 +44,11 @@ REQUEST_LOG_ENV = "OPENSIR_KMOCK_REQUEST_LOG"
 
 @pytest.fixture(scope="session")
 def kmock_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KmockAPI]:
-    workdir = tmp_path_factory.mktemp("kmock")
-    with open(workdir / "kmock.log", "w") as errors:
-        process = subprocess.Popen(
-            [sys.executable, str(HERE / "kmock_server.py")],
-            cwd=workdir,
-            stdout=subprocess.PIPE,
-            stderr=errors,
-            text=True,
-        )
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    if not line:
-        process.wait(timeout=10)
-        raise RuntimeError(f"kmock did not start: {(workdir / 'kmock.log').read_text()[-3000:]}")
-    url = f"http://127.0.0.1:{json.loads(line)['port']}"
-    kubeconfig = workdir / "kubeconfig.yaml"
-    kubeconfig.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "current-context": "kmock",
-                "clusters": [{"name": "kmock", "cluster": {"server": url}}],
-                "users": [{"name": "kmock", "user": {"token": "kmock"}}],
-                "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock"}}],
-            }
-        )
-    )
+    api = start_kmock(tmp_path_factory.mktemp("kmock"))
+    process = api.process
     saved = {key: os.environ.get(key) for key in ("KUBECONFIG", "OPENSIR_RESYNC_SECONDS")}
-    os.environ["KUBECONFIG"] = str(kubeconfig)
+    os.environ["KUBECONFIG"] = str(api.kubeconfig)
     os.environ["OPENSIR_RESYNC_SECONDS"] = "1"  # progress.json is re-read this often in tests
-    api = KmockAPI(url=url, kubeconfig=kubeconfig, process=process)
     try:
         yield api
         target = os.environ.get(REQUEST_LOG_ENV)

@@ -153,6 +153,41 @@ class K8s:
 
 
 # ------------------------------------------------------------------------------------------ waiting
+def start_kmock(workdir: Path) -> KmockAPI:
+    """kmock (tests/e2e/kmock_server.py) in a subprocess, and a kubeconfig for it in ``workdir``.
+
+    Its stderr goes to ``workdir/kmock.log``; the caller sets KUBECONFIG and stops the process.
+    """
+    with open(workdir / "kmock.log", "w") as errors:
+        process = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("kmock_server.py"))],
+            cwd=workdir,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+        )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    if not line:
+        process.wait(timeout=10)
+        raise RuntimeError(f"kmock did not start: {(workdir / 'kmock.log').read_text()[-3000:]}")
+    url = f"http://127.0.0.1:{json.loads(line)['port']}"
+    kubeconfig = workdir / "kubeconfig.yaml"
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "kmock",
+                "clusters": [{"name": "kmock", "cluster": {"server": url}}],
+                "users": [{"name": "kmock", "user": {"token": "kmock"}}],
+                "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock"}}],
+            }
+        )
+    )
+    return KmockAPI(url=url, kubeconfig=kubeconfig, process=process)
+
+
 def wait_for(
     read: Callable[[], T],
     predicate: Callable[[T], bool],
