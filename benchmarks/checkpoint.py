@@ -29,7 +29,7 @@ from pathlib import Path
 BUCKET = "opensir-bench"
 
 
-def _serve(conn: Connection) -> None:
+def serve_moto(conn: Connection) -> None:
     """Child process: moto's S3 server on a free port until the parent says stop."""
     import logging
 
@@ -72,7 +72,7 @@ def main() -> None:
     args = parser.parse_args()
 
     parent, child = multiprocessing.Pipe()
-    server = multiprocessing.get_context("spawn").Process(target=_serve, args=(child,), daemon=True)
+    server = multiprocessing.get_context("spawn").Process(target=serve_moto, args=(child,), daemon=True)
     server.start()
     port = parent.recv()
     endpoint = f"127.0.0.1:{port}"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 import signal
 import tempfile
@@ -40,9 +41,15 @@ from opensir.checkpoint import (
     prune_checkpoints,
 )
 from opensir.engines.base import Completion, SamplingParams
-from opensir.engines.factory import Engines, build_engines
+from opensir.engines.factory import Engines, build_engines, build_follower_trainer, is_training_follower
+from opensir.engines.server_sync import RunStore
 from opensir.errors import OpensirError
+from opensir.evaluation.results import EVALS, evals_prefix
+from opensir.evaluation.targets import evaluate_run_checkpoint, evaluation_due
 from opensir.metrics import CompletionLengths, RunMetrics
+from opensir.rl import distributed
+from opensir.rl.distributed import launched_rank
+from opensir.rl.follow import LeaderTrainer, follow
 from opensir.rl.rollouts import assemble_batch
 from opensir.selfplay import (
     BootstrapState,
@@ -164,22 +171,36 @@ def run_selfplay(
     fresh: bool = False,
     engines: Engines | None = None,
     metrics: RunMetrics | None = None,
+    evaluate: bool | None = None,
 ) -> RunResult:
     """Run (or resume) self-play until ``spec.training.maxSteps``.
 
     ``metrics`` records the run for Prometheus (the caller serves it, or not); a private one otherwise.
+    ``evaluate``: evaluate due checkpoints (``spec.evaluation``) in this process after committing
+    them; None does so except in a Kubernetes pod, where the operator runs evaluation Jobs instead.
     """
     spec = run.spec
+    if is_training_follower(spec):
+        return _follow(run)
     metrics = metrics or RunMetrics(run.metadata.namespace, run.metadata.name)
     started = time.monotonic()
     store = open_store(spec.storage, run.metadata.namespace, run.metadata.name)
-    engines = engines or build_engines(spec)
+    engines = engines or build_engines(
+        spec, RunStore(spec.storage, run.metadata.namespace, run.metadata.name)
+    )
     if fresh:
         _forget(store)
     max_steps = spec.training.max_steps
+    if evaluate is None:
+        evaluate = not os.environ.get("KUBERNETES_SERVICE_HOST")
+    in_process_eval = evaluate and bool(spec.evaluation.benchmarks)
     with tempfile.TemporaryDirectory(prefix="opensir-") as scratch:
         workdir = Path(scratch)
         state = None if fresh else _restore(store, engines, spec, workdir)
+        # The generator must serve the trainer's weights (the initial policy, or the checkpoint's)
+        # before anything is sampled: a rollout server may still hold what an earlier attempt pushed.
+        with metrics.weight_sync():
+            metrics.weights_served(engines.weight_sync.push(engines.trainer))
         if state is None:
             pool = bootstrap(spec, engines, store) if spec.self_play.bootstrap.enabled else None
             state = _initial_state(spec, engines, pool)
@@ -212,7 +233,12 @@ def run_selfplay(
                     saving = time.monotonic()
                     state.checkpoint = _save(store, engines, state, workdir, spec.training)
                     metrics.checkpoint_committed(state.checkpoint, time.monotonic() - saving)
+                    if in_process_eval and evaluation_due(spec.evaluation, state.step, max_steps):
+                        _evaluate(spec, engines, store, state.checkpoint, workdir, bar)
                     _write_progress(store, spec, state, record)
+        if isinstance(engines.trainer, LeaderTrainer):
+            engines.trainer.close()  # the other ranks of a multi-process DeepSpeed launch leave with us
+            distributed.shutdown()
         if stop.requested and state.step < max_steps:
             where = f"{store.uri}/{state.checkpoint.prefix}" if state.checkpoint else "no checkpoint yet"
             log.warning(
@@ -355,10 +381,31 @@ def _initial_state(spec: SelfPlayRunSpec, engines: Engines, pool: ProblemPool | 
     return RunState(step=0, pool=pool, rng=np.random.default_rng(spec.training.seed))
 
 
+def _follow(run: SelfPlayRun) -> RunResult:
+    """A rank > 0 of a multi-process DeepSpeed launch: train along with rank 0 until it stops.
+
+    Rank 0 plays the rounds, writes the store and commits checkpoints; this process only holds its
+    share of the trainer (see :mod:`opensir.rl.follow`).
+    """
+    started = time.monotonic()
+    steps = follow(build_follower_trainer(run.spec))
+    distributed.shutdown()
+    log.info("training rank %d: trained along with rank 0 for %d steps", launched_rank(), steps)
+    return RunResult(
+        uri=f"(training rank {launched_rank()}: rank 0 writes the store)",
+        steps=steps,
+        trained_steps=steps,
+        pool_size=0,
+        last_checkpoint=None,
+        seconds=time.monotonic() - started,
+    )
+
+
 def run_bootstrap(run: SelfPlayRun, *, engines: Engines | None = None) -> ProblemPool:
     """Only the bootstrap phase (``opensir bootstrap``, the operator's bootstrap Job)."""
     store = open_store(run.spec.storage, run.metadata.namespace, run.metadata.name)
-    return bootstrap(run.spec, engines or build_engines(run.spec), store)
+    run_store = RunStore(run.spec.storage, run.metadata.namespace, run.metadata.name)
+    return bootstrap(run.spec, engines or build_engines(run.spec, run_store), store)
 
 
 def bootstrap(spec: SelfPlayRunSpec, engines: Engines, store: ArtifactStore) -> ProblemPool:
@@ -455,10 +502,33 @@ def _save(
     return checkpoint
 
 
+def _evaluate(
+    spec: SelfPlayRunSpec,
+    engines: Engines,
+    store: ArtifactStore,
+    checkpoint: Checkpoint,
+    workdir: Path,
+    bar: tqdm,
+) -> None:
+    """Benchmark the just-committed checkpoint with the policy in memory (the plain generator: the
+    evaluation prompt is the paper's, without the student scaffold); results go to ``evals/``."""
+    started = time.monotonic()
+    summary = evaluate_run_checkpoint(
+        spec, engines.generator, engines.tokenizer, store, checkpoint, workdir, progress=False
+    )
+    accuracy = summary["macro_average"]["mean_accuracy"]["value"]
+    bar.write(
+        f"evaluation of step {checkpoint.step}: mean accuracy {100 * accuracy:.1f}% over "
+        f"{', '.join(summary['benchmarks'])} ({time.monotonic() - started:.0f}s); "
+        f"{store.uri}/{evals_prefix(checkpoint.step)}"
+    )
+
+
 def _forget(store: ArtifactStore) -> None:
-    """``--fresh``: the run's earlier checkpoints, pool and progress go, so none can mix with the new ones."""
+    """``--fresh``: the run's earlier checkpoints, pool, progress and evaluations go, so none can mix
+    with the new ones."""
     log.warning("--fresh: deleting the stored checkpoints, pool and progress of %s", store.uri)
-    for prefix in (CHECKPOINTS, POOL_PREFIX, PROGRESS_KEY, HISTORY_KEY, BOOTSTRAP_KEY):
+    for prefix in (CHECKPOINTS, POOL_PREFIX, PROGRESS_KEY, HISTORY_KEY, BOOTSTRAP_KEY, EVALS):
         store.delete(prefix)
 
 
@@ -476,7 +546,6 @@ def _restore(store: ArtifactStore, engines: Engines, spec: SelfPlayRunSpec, work
     runner_state = json.loads((local / "runner.json").read_text())
     pool = ProblemPool.load(local / POOL_PREFIX, **_pool_settings(spec))
     engines.trainer.load(local / "trainer")
-    engines.weight_sync.push(engines.trainer)
     shutil.rmtree(workdir / "restore")
     rng = np.random.default_rng()
     rng.bit_generator.state = runner_state["rng"]

@@ -341,7 +341,8 @@ class RolloutSpec(_Model):
     """hf: transformers in the runner's process (CPU, small GPUs); vllm: vLLM in-process (one GPU);
     server: the run's vLLM OpenAI server (always on a cluster)."""
     url: str | None = None
-    """OpenAI-compatible base URL of an existing rollout server (engine server, outside a cluster)."""
+    """OpenAI-compatible base URL of an existing rollout server (engine server, outside a cluster).
+    Every address its host resolves to is taken as one replica, to sample from and push weights to."""
     replicas: PositiveInt = 1
     """Rollout server replicas on a cluster."""
     gpus: int = Field(default=1, ge=0)
@@ -353,7 +354,13 @@ class RolloutSpec(_Model):
     max_model_len: PositiveInt | None = None
     """Longest prompt + completion the server accepts; null takes the model's."""
     weight_sync: Literal["auto", "inprocess", "store", "lora", "broadcast"] = "auto"
-    """How new weights reach the generator: auto picks inprocess for local engines and store otherwise."""
+    """How new weights reach the generator after each step. inprocess: the hf engine samples from the
+    trainer's own module. store: full weights through the run's storage, which every rollout server
+    fetches (S3 needs the storage credentials in the server pods; the operator mounts them). lora:
+    the LoRA adapter, the same way (needs training.lora). broadcast: full weights over a
+    torch.distributed group from the trainer to each server (NCCL on GPUs), nothing stored. auto:
+    inprocess for hf; lora when training.lora is enabled; else store for vllm (loaded in place) and
+    broadcast for servers."""
     batch_size: PositiveInt = 64
     """Sequences generated together by the in-process engines."""
 
@@ -521,6 +528,19 @@ class SelfPlayRunSpec(_Model):
     backoff_limit: int = Field(default=3, ge=0)
     """Restarts of the training Job from its last checkpoint before the run is Failed."""
 
+    def weight_sync_kind(self) -> Literal["inprocess", "store", "lora", "broadcast"]:
+        """``rollout.weightSync`` with ``auto`` resolved: inprocess for the hf engine; otherwise lora
+        when training LoRA adapters, else store for in-process vLLM (loaded in place) and broadcast
+        for rollout servers."""
+        chosen = self.rollout.weight_sync
+        if chosen != "auto":
+            return chosen
+        if self.rollout.engine == "hf":
+            return "inprocess"
+        if self.training.lora.enabled:
+            return "lora"
+        return "store" if self.rollout.engine == "vllm" else "broadcast"
+
 
 # ----------------------------------------------------------------------------------------- status
 Phase = Literal["Pending", "Bootstrapping", "Training", "Evaluating", "Suspended", "Succeeded", "Failed"]
@@ -595,6 +615,21 @@ class MetricsSummary(_Model):
     """Training loss."""
 
 
+class EvaluationStatus(_Model):
+    """The newest benchmark evaluation of the run's checkpoints (results: ``evals/step-NNNNNN/``)."""
+
+    step: int
+    """The checkpoint step evaluated."""
+    macro_average: float
+    """Mean accuracy over the samples (the paper's number), averaged over the benchmarks."""
+    benchmarks: dict[str, float] = {}
+    """Mean accuracy over the samples per benchmark."""
+    samples: int | None = None
+    """Samples per problem."""
+    evaluated_steps: list[int] = []
+    """Every checkpoint step with stored results."""
+
+
 class SelfPlayRunStatus(_Model):
     """Observed state of a SelfPlayRun, written by the operator."""
 
@@ -614,6 +649,8 @@ class SelfPlayRunStatus(_Model):
     """The problem pool."""
     metrics: MetricsSummary = MetricsSummary()
     """Latest step's headline numbers."""
+    evaluation: EvaluationStatus | None = None
+    """The newest benchmark evaluation of a checkpoint (spec.evaluation)."""
     restarts: int = 0
     """Times the training Job was restarted from a checkpoint."""
     start_time: str | None = None

@@ -34,6 +34,12 @@ class SamplingParams:
     seed: int | None = None
     """Seed for this request; None leaves the engine's own generator state untouched."""
 
+    @property
+    def greedy(self) -> bool:
+        """Temperature 0: every sample of a prompt is the same argmax continuation (vLLM refuses
+        n > 1 for it, so its engines ask for one and repeat it)."""
+        return self.temperature == 0
+
     @classmethod
     def from_spec(cls, sampling: SamplingSpec, seed: int | None = None) -> SamplingParams:
         """The request parameters of a spec's ``sampling`` section."""

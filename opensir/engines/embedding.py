@@ -1,12 +1,20 @@
-"""Sentence embeddings for the diversity reward, computed in the runner's own process."""
+"""Sentence embeddings for the diversity reward: in the runner's own process (sentence-transformers)
+or from a vLLM embedding server (OpenAI embeddings API)."""
 
 from __future__ import annotations
 
+import json
+import random
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
 
 import numpy as np
 
 from opensir.engines.models import resolve_model
+from opensir.engines.replicas import server_root
+from opensir.errors import OpensirError
 
 
 class SentenceTransformerEmbedder:
@@ -55,3 +63,93 @@ class SentenceTransformerEmbedder:
             show_progress_bar=False,
         )
         return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+class ServerEmbedder:
+    """:class:`~opensir.engines.base.Embedder` over the OpenAI embeddings API of a vLLM embedding
+    server (``vllm serve MODEL --runner pooling --convert embed``; see
+    :func:`opensir.engines.vllm_server.start_local_server` with ``embedding=True``).
+
+    Texts go in batches of ``batch_size`` to ``POST /v1/embeddings``; rows come back float32 and
+    L2-normalised here (whatever the server's pooling normalisation). Connection errors, timeouts
+    and 5xx answers are retried with exponential backoff for up to ``retry_for_s`` seconds; then
+    :class:`EmbeddingServerError` names the URL and the last cause.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        batch_size: int = 64,
+        timeout_s: float = 120.0,
+        retry_for_s: float = 120.0,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1 (got {batch_size})")
+        self.base_url = server_root(base_url)
+        self.model = model
+        self.batch_size = batch_size
+        self.timeout_s = timeout_s
+        self.retry_for_s = retry_for_s
+        self._dim: int | None = None
+
+    @property
+    def dim(self) -> int:
+        """Width of every embedding (asked of the server once)."""
+        if self._dim is None:
+            self._dim = int(self._request(["dimension probe"]).shape[1])
+        return self._dim
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """float32 ``[len(texts), dim]`` with unit-norm rows (``[0, dim]`` for no texts)."""
+        if len(texts) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        parts = [
+            self._request(list(texts[i : i + self.batch_size])) for i in range(0, len(texts), self.batch_size)
+        ]
+        vectors = np.concatenate(parts).astype(np.float32, copy=False)
+        self._dim = int(vectors.shape[1])
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        if np.any(norms == 0) or not np.all(np.isfinite(norms)):
+            raise EmbeddingServerError(
+                f"embedding server {self.base_url} returned a zero or non-finite vector"
+            )
+        return np.ascontiguousarray(vectors / norms, dtype=np.float32)
+
+    def _request(self, texts: list[str]) -> np.ndarray:
+        url = f"{self.base_url}/v1/embeddings"
+        body = json.dumps({"model": self.model, "input": texts, "encoding_format": "float"}).encode()
+        started, attempt = time.monotonic(), 0
+        while True:
+            attempt += 1
+            request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                    answer = json.loads(response.read().decode())
+                rows = sorted(answer["data"], key=lambda item: item["index"])
+                if len(rows) != len(texts):
+                    raise EmbeddingServerError(
+                        f"{url} returned {len(rows)} embeddings for {len(texts)} texts"
+                    )
+                return np.asarray([row["embedding"] for row in rows], dtype=np.float32)
+            except urllib.error.HTTPError as error:
+                detail = error.read().decode(errors="replace")[:500]
+                if error.code < 500 and error.code not in (408, 429):
+                    raise EmbeddingServerError(
+                        f"{url} rejected the request with HTTP {error.code}: {detail}"
+                    ) from error
+                cause = f"HTTP {error.code}: {detail}"
+            except (urllib.error.URLError, OSError) as error:
+                cause = str(getattr(error, "reason", error))
+            elapsed = time.monotonic() - started
+            if elapsed >= self.retry_for_s:
+                raise EmbeddingServerError(
+                    f"embedding server {self.base_url} did not answer after {attempt} attempt(s) over "
+                    f"{elapsed:.0f} s; last error: {cause}"
+                )
+            time.sleep(min(10.0, 0.5 * 2 ** (attempt - 1)) * (0.5 + random.random() / 2))
+
+
+class EmbeddingServerError(OpensirError, RuntimeError):
+    """The embedding server stayed unreachable or answered something unusable."""

@@ -12,8 +12,11 @@ from opensir.engines.base import Embedder, Generator, Trainer, WeightSync
 from opensir.engines.embedding import SentenceTransformerEmbedder
 from opensir.engines.hf import HFGenerator
 from opensir.engines.models import eos_token_ids, load_causal_lm, load_tokenizer, pick_device, pick_dtype
+from opensir.engines.remote import build_remote_rollout, build_server_embedder
+from opensir.engines.server_sync import RunStore
 from opensir.engines.weight_sync import InProcessWeightSync
 from opensir.errors import OpensirError
+from opensir.rl.deepspeed_trainer import DeepSpeedTrainer
 from opensir.rl.trainer import TorchTrainer, frozen_copy
 from opensir.selfplay.scaffold import STUDENT_SCAFFOLD, TEACHER_SCAFFOLD, ScaffoldedGenerator
 from opensir.spec import SelfPlayRunSpec
@@ -42,22 +45,72 @@ class Engines:
     weight_sync: WeightSync
 
 
-def build_engines(spec: SelfPlayRunSpec) -> Engines:
-    """Load the policy, its frozen reference, the embedder, and wire generator, trainer and sync."""
-    if spec.rollout.engine != "hf":
-        raise EngineUnavailableError(
-            f"spec.rollout.engine={spec.rollout.engine!r} is not available in this version; use 'hf'"
+def build_trainer(
+    spec: SelfPlayRunSpec, policy: torch.nn.Module, pad_token_id: int, device: torch.device | str
+) -> TorchTrainer | DeepSpeedTrainer:
+    """The trainer ``spec.training`` asks for, around the loaded ``policy``.
+
+    LoRA mode wraps the policy in adapters, and its frozen base is the KL reference; otherwise the
+    reference is a frozen copy of the initial policy (none when klBeta is 0). The DeepSpeed trainer
+    joins the launcher's process group (a group of one without a launcher).
+    """
+    training = spec.training
+    if training.lora.enabled:
+        from opensir.rl.lora import apply_lora
+
+        policy = apply_lora(policy, training.lora)
+    # The KL reference is the initial policy, frozen; a copy costs one model of memory and no reload.
+    needs_copy = training.kl_beta > 0 and not training.lora.enabled
+    reference = frozen_copy(policy) if needs_copy else None
+    if training.engine == "deepspeed":
+        try:
+            import deepspeed  # noqa: F401
+        except ImportError as error:
+            raise EngineUnavailableError(
+                f"spec.training.engine='deepspeed' needs DeepSpeed ({error}); install it with "
+                "DS_BUILD_OPS=0 pip install 'opensir[deepspeed]' (scripts/setup.sh does)"
+            ) from error
+        return DeepSpeedTrainer(
+            policy, config=training, pad_token_id=pad_token_id, ref_model=reference, device=device
         )
-    if spec.training.engine != "torch":
+    return TorchTrainer(
+        policy, config=training, pad_token_id=pad_token_id, ref_model=reference, device=device
+    )
+
+
+def is_training_follower(spec: SelfPlayRunSpec) -> bool:
+    """Whether this process is a rank > 0 of a multi-process DeepSpeed launch: it only trains, along
+    with rank 0, which plays the rounds (see :mod:`opensir.rl.follow`)."""
+    from opensir.rl.distributed import launched_rank
+
+    return spec.training.engine == "deepspeed" and launched_rank() != 0
+
+
+def build_follower_trainer(spec: SelfPlayRunSpec) -> DeepSpeedTrainer:
+    """The trainer of a follower rank: the policy and the DeepSpeed trainer, no generator or embedder."""
+    torch.manual_seed(spec.training.seed)
+    device = pick_device()
+    tokenizer = load_tokenizer(spec.model)
+    # Loaded on the CPU: DeepSpeed moves it to this rank's GPU (LOCAL_RANK), not every rank's to GPU 0.
+    policy = load_causal_lm(spec.model, "cpu", pick_dtype(spec.model.dtype, device))
+    trainer = build_trainer(spec, policy, tokenizer.pad_token_id, device)
+    assert isinstance(trainer, DeepSpeedTrainer)
+    return trainer
+
+
+def build_engines(spec: SelfPlayRunSpec, run_store: RunStore | None = None) -> Engines:
+    """Load the policy, its frozen reference, the embedder, and wire generator, trainer and sync.
+
+    ``run_store``: the run's artifact store, through which the store and lora weight syncs publish
+    what the rollout servers load (the runner passes it; only those syncs need it).
+    """
+    if spec.training.engine == "deepspeed" and spec.training.deepspeed.stage == 3:
+        # Every generator samples from the trainer's whole weights (in place, or pushed to servers),
+        # and ZeRO-3 leaves each process only a shard of them.
         raise EngineUnavailableError(
-            f"spec.training.engine={spec.training.engine!r} is not available in this version; use 'torch'"
-        )
-    if spec.training.lora.enabled:
-        raise EngineUnavailableError("spec.training.lora.enabled is not available in this version")
-    if spec.embedding.engine != "sentence-transformers":
-        raise EngineUnavailableError(
-            f"spec.embedding.engine={spec.embedding.engine!r} is not available in this version; "
-            "use 'sentence-transformers'"
+            "spec.training.deepspeed.stage=3 partitions the policy's weights, and self-play samples from "
+            "the whole policy after every step; use stage 2 (offloadOptimizer moves the optimizer state "
+            "to the CPU)"
         )
 
     torch.manual_seed(spec.training.seed)
@@ -65,22 +118,35 @@ def build_engines(spec: SelfPlayRunSpec) -> Engines:
     dtype = pick_dtype(spec.model.dtype, device)
     tokenizer = load_tokenizer(spec.model)
     policy = load_causal_lm(spec.model, device, dtype)
-    # The KL reference is the initial policy, frozen; a copy costs one model of memory and no reload.
-    reference = frozen_copy(policy) if spec.training.kl_beta > 0 else None
-    trainer = TorchTrainer(
-        policy, config=spec.training, pad_token_id=tokenizer.pad_token_id, ref_model=reference, device=device
-    )
+    built = build_trainer(spec, policy, tokenizer.pad_token_id, device)
+    trainer: Trainer = built
+    if isinstance(built, DeepSpeedTrainer) and built.world_size > 1:
+        from opensir.rl.follow import LeaderTrainer
+
+        trainer = LeaderTrainer(built)  # rank 0: the other ranks train along (opensir.rl.follow)
+    # The generator samples from the module the trainer updates (peft-wrapped in LoRA mode).
+    policy = built.model
     stop_ids = eos_token_ids(tokenizer, getattr(policy, "generation_config", None))
-    generator = HFGenerator(policy, tokenizer, batch_size=spec.rollout.batch_size, eos_token_ids=stop_ids)
+    generator: Generator
+    weight_sync: WeightSync
+    if spec.rollout.engine == "hf":
+        generator = HFGenerator(policy, tokenizer, batch_size=spec.rollout.batch_size, eos_token_ids=stop_ids)
+        weight_sync = InProcessWeightSync(generator, trainer)
+    else:  # vLLM in this process, or the rollout server (opensir.engines.remote)
+        generator, weight_sync = build_remote_rollout(spec, tokenizer, run_store)
     teacher_generator: Generator = generator
     student_generator: Generator = generator
     if spec.self_play.teacher.scaffold:
         teacher_generator = ScaffoldedGenerator(generator, tokenizer, TEACHER_SCAFFOLD, stop_ids[0])
     if spec.self_play.student.scaffold:
         student_generator = ScaffoldedGenerator(generator, tokenizer, STUDENT_SCAFFOLD, stop_ids[0])
-    embedder = SentenceTransformerEmbedder(
-        spec.embedding.model, batch_size=spec.embedding.batch_size, device=device
-    )
+    embedder: Embedder
+    if spec.embedding.engine == "server":
+        embedder = build_server_embedder(spec)
+    else:
+        embedder = SentenceTransformerEmbedder(
+            spec.embedding.model, batch_size=spec.embedding.batch_size, device=device
+        )
     log.info("engines: %s on %s (%s), embedder %s", spec.model.name, device, dtype, spec.embedding.model)
     return Engines(
         tokenizer=tokenizer,
@@ -89,5 +155,5 @@ def build_engines(spec: SelfPlayRunSpec) -> Engines:
         student_generator=student_generator,
         embedder=embedder,
         trainer=trainer,
-        weight_sync=InProcessWeightSync(generator, trainer),
+        weight_sync=weight_sync,
     )

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 
 from opensir.engines.base import Completion, SamplingParams
+from opensir.engines.requests import check_request, trim_to_text
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -93,10 +94,8 @@ class HFGenerator:
         self, prompts: Sequence[Sequence[int]], n: int, sampling: SamplingParams
     ) -> list[list[Completion]]:
         """Return, for each prompt in order, its ``n`` completions (see the module docstring)."""
-        _check_sampling(n, sampling)
+        check_request(prompts, n, sampling)
         for index, prompt in enumerate(prompts):
-            if len(prompt) == 0:
-                raise ValueError(f"prompt {index} is empty; a prompt needs at least one token")
             if self._max_positions is not None and len(prompt) >= self._max_positions:
                 raise ValueError(
                     f"prompt {index} has {len(prompt)} tokens; the model takes at most "
@@ -239,7 +238,7 @@ class HFGenerator:
         if sampling.stop and not ends_with_eos:
             cuts = [text.find(s) for s in sampling.stop if s in text]
             if cuts:
-                tokens, text = self._trim_to(tokens, text[: min(cuts)])
+                tokens, text = trim_to_text(self.tokenizer, tokens, text[: min(cuts)])
                 logprobs = logprobs[: len(tokens)]
         return Completion(
             text=text,
@@ -247,17 +246,6 @@ class HFGenerator:
             logprobs=tuple(logprobs),
             finish_reason=row.finish_reason or "length",
         )
-
-    def _trim_to(self, tokens: list[int], kept_text: str) -> tuple[list[int], str]:
-        """The longest token prefix whose text is a prefix of ``kept_text`` (the text before the
-        stop string), and that text. When a token straddles the start of the stop string, that token
-        and its characters before the stop string are dropped, so that the returned token ids always
-        decode to exactly the returned text and the text never contains the stop string."""
-        for k in range(len(tokens), -1, -1):
-            text = self.tokenizer.decode(tokens[:k], skip_special_tokens=True)
-            if len(text) <= len(kept_text) and kept_text.startswith(text):
-                return tokens[:k], text
-        return [], ""
 
 
 def _new_cache(cache_class: type, config: object) -> object:
@@ -275,18 +263,3 @@ def _top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     remove = cumulative <= 1 - top_p
     remove[:, -1] = False
     return logits.masked_fill(torch.zeros_like(remove).scatter(-1, order, remove), float("-inf"))
-
-
-def _check_sampling(n: int, sampling: SamplingParams) -> None:
-    if n < 1:
-        raise ValueError(f"n must be at least 1 (got {n})")
-    if sampling.temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (got {sampling.temperature})")
-    if not 0 < sampling.top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1] (got {sampling.top_p})")
-    if sampling.top_k == 0 or sampling.top_k < -1:
-        raise ValueError(f"top_k must be -1 (off) or at least 1 (got {sampling.top_k})")
-    if sampling.max_tokens < 1:
-        raise ValueError(f"max_tokens must be at least 1 (got {sampling.max_tokens})")
-    if any(not s for s in sampling.stop):
-        raise ValueError("stop strings must not be empty")

@@ -1,23 +1,30 @@
-"""Getting the trainer's new weights into the generator.
+"""Getting the trainer's new weights into the generator: the seam, and the in-process case.
 
 The :class:`~opensir.engines.base.WeightSync` protocol is the seam; which implementation stands
-behind it follows ``rollout.weightSync``:
+behind it follows ``rollout.weightSync`` (see :meth:`~opensir.spec.SelfPlayRunSpec.weight_sync_kind`):
 
-- ``inprocess`` (this module): the generator samples from the trainer's own ``nn.Module``, so
-  the weights are already there; push only checks that and counts versions.
-- ``store``, ``lora`` and ``broadcast`` (later): write the weights (or the LoRA adapter) to the
-  artifact store, or broadcast them over NCCL, then ask the rollout server to load them and wait
-  until it reports the new version; push must not return before the server serves it.
+- ``inprocess`` (:class:`InProcessWeightSync`): the generator samples from the trainer's own
+  ``nn.Module``, so the weights are already there; push only checks that and counts versions.
+- the in-process vLLM engine loads the weights, or a LoRA adapter, in place
+  (:class:`opensir.engines.vllm_local.VLLMWeightSync`);
+- ``store``, ``lora`` and ``broadcast`` push to the rollout servers (:mod:`opensir.engines.server_sync`).
+
+Every push returns only once the generator serves the new version; a failure raises
+:class:`WeightSyncError` with the cause, so a run never goes on sampling from a stale policy.
 """
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Protocol
 
+import torch
 from torch import nn
 
 from opensir.engines.base import Trainer
 from opensir.errors import OpensirError
+from opensir.rl.trainer import is_peft_model
 
 
 class _HasModel(Protocol):
@@ -69,3 +76,50 @@ class InProcessWeightSync:
                 f"than the trainer updates ({type(trained).__name__} at {id(trained):#x}); in-process weight "
                 f"sync needs both to share one module"
             )
+
+
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's tensors under their Hugging Face checkpoint names, each shared tensor once.
+
+    Tied weights (an output head tied to the embedding) keep the name registered first, the
+    embedding's, which is the name vLLM loads tied heads from.
+    """
+    if is_peft_model(model):
+        raise WeightSyncError(
+            "the trainer's model is a LoRA (peft) model: its full weights are base + adapter; "
+            "use weightSync: lora to push the adapter"
+        )
+    seen: set[int] = set()
+    tensors: dict[str, torch.Tensor] = {}
+    for name, tensor in model.state_dict().items():
+        key = tensor.untyped_storage().data_ptr() if tensor.numel() else id(tensor)
+        if key in seen:
+            continue
+        seen.add(key)
+        tensors[name] = tensor.detach()
+    return tensors
+
+
+def version_name(version: int) -> str:
+    """The name of weights version ``version`` in a directory or store (``v000007``)."""
+    return f"v{version:06d}"
+
+
+def write_adapter(model: nn.Module, directory: Path, version: int, *, keep: int = 2) -> Path:
+    """The LoRA adapter of a peft ``model`` in peft's ``save_pretrained`` layout, as
+    ``directory/v<version>``: written under a temporary name and renamed when complete, so a reader
+    never sees half of it. All but the newest ``keep`` versions are removed."""
+    if not is_peft_model(model):
+        raise WeightSyncError(
+            f"LoRA weight sync needs a LoRA (peft) model; the trainer's model is {type(model).__name__}"
+        )
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / version_name(version)
+    staging = directory / f".{version_name(version)}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(str(staging))  # type: ignore[operator]
+    shutil.rmtree(final, ignore_errors=True)
+    staging.rename(final)
+    for stale in sorted(p for p in directory.glob("v*") if p.is_dir())[:-keep]:
+        shutil.rmtree(stale, ignore_errors=True)
+    return final

@@ -26,6 +26,7 @@ from opensir.engines.models import (
 )
 from opensir.rl.batch import TrainSequence
 from opensir.rl.trainer import sequence_logprobs
+from opensir.selfplay.prompts import render_prompt
 from opensir.spec import ModelSpec
 
 pytestmark = pytest.mark.integration
@@ -55,13 +56,7 @@ def generator(model, tokenizer) -> HFGenerator:
 
 @pytest.fixture(scope="module")
 def prompts(tokenizer) -> list[list[int]]:
-    rendered = []
-    for question in QUESTIONS:
-        encoded = tokenizer.apply_chat_template(
-            [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=True
-        )
-        rendered.append(list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded))
-    return rendered
+    return [render_prompt(tokenizer, [{"role": "user", "content": q}]) for q in QUESTIONS]
 
 
 # ------------------------------------------------------------------------------------ model resolution

@@ -191,7 +191,7 @@ def test_the_scraped_values_describe_the_run(observed: ObservedRun) -> None:
     # The seeded tiny run trains on its one step (the loss, KL and weight series depend on it).
     assert observed.result.trained_steps == 1
     assert value("opensir_trainer_optimizer_step_steps") == 1
-    assert value("opensir_weightsync_served_version") == 1
+    assert value("opensir_weightsync_served_version") == 2  # the initial weights, then the step's
     assert math.isfinite(value("opensir_trainer_loss"))
     assert "training" in phases and "weight_sync" in phases
 

@@ -48,6 +48,17 @@ class UntouchableTrainer:
         raise AssertionError("nothing to resume")
 
 
+class CountingSync:
+    """A WeightSync that counts its pushes."""
+
+    def __init__(self) -> None:
+        self.pushes = 0
+
+    def push(self, trainer) -> int:
+        self.pushes += 1
+        return self.pushes
+
+
 def test_a_policy_that_never_writes_a_legal_problem_fails_with_the_reason(tmp_path: Path):
     run = parse_run(
         {
@@ -63,10 +74,12 @@ def test_a_policy_that_never_writes_a_legal_problem_fails_with_the_reason(tmp_pa
         }
     )
     babbler = Babbler()
-    engines = Engines(CharTokenizer(), babbler, babbler, babbler, HashEmbedder(), UntouchableTrainer(), None)
+    sync = CountingSync()
+    engines = Engines(CharTokenizer(), babbler, babbler, babbler, HashEmbedder(), UntouchableTrainer(), sync)
     with pytest.raises(RunError, match=r"3 rounds in a row had nothing to train on \(legal ratio 0\.00"):
         run_selfplay(run, engines=engines)
     assert babbler.calls == 3  # teacher only: with no legal problem there is nothing to answer
+    assert sync.pushes == 1  # the initial weights, before the first round; no update after it
     progress = json.loads((tmp_path / "default" / "babble" / "progress.json").read_text())
     assert progress["step"] == 3 and progress["lastStep"]["trained"] is False
     assert progress["poolSize"] == 1 and progress["lastCheckpoint"] is None
