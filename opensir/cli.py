@@ -130,6 +130,10 @@ def _parser() -> argparse.ArgumentParser:
     boot.add_argument("file", type=Path, metavar="FILE", help="the SelfPlayRun manifest (run.yaml)")
     boot.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE")
     boot.set_defaults(handler=_bootstrap)
+
+    from opensir.evaluation.command import add_parser as add_eval_parser
+
+    add_eval_parser(commands)
     return parser
 
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from opensir.checkpoint import Checkpoint, list_checkpoints
 from opensir.errors import OpensirError
+from opensir.evaluation.results import latest_summary
 from opensir.selfplay.pool import PoolProblem, ProblemPool
 from opensir.spec import StorageSpec
 from opensir.storage import ArtifactNotFoundError, ArtifactStore, LocalStore, open_store
@@ -55,6 +56,8 @@ class RunSummary:
     progress: dict[str, Any] | None
     history: list[dict[str, Any]]
     checkpoints: list[Checkpoint]
+    evaluation: dict[str, Any] | None = None
+    """The newest stored benchmark evaluation (:func:`opensir.evaluation.results.latest_summary`)."""
 
 
 def read_summary(store: ArtifactStore) -> RunSummary:
@@ -67,7 +70,7 @@ def read_summary(store: ArtifactStore) -> RunSummary:
     checkpoints = list_checkpoints(store)
     if progress is None and not history and not checkpoints:
         raise RunNotFoundError(f"{store.uri}: no progress.json, history or checkpoint (is this a run?)")
-    return RunSummary(store.uri, progress, history, checkpoints)
+    return RunSummary(store.uri, progress, history, checkpoints, latest_summary(store))
 
 
 def read_history(store: ArtifactStore) -> list[dict[str, Any]]:
@@ -102,6 +105,14 @@ def format_status(summary: RunSummary, *, now: float | None = None, last: int = 
         )
     else:
         lines.append("checkpoint   none committed")
+    evaluation = summary.evaluation
+    if evaluation is not None:
+        per = ", ".join(f"{name} {100 * value:.1f}%" for name, value in evaluation["benchmarks"].items())
+        steps = ", ".join(map(str, evaluation["evaluatedSteps"]))
+        lines.append(
+            f"evaluation   step {evaluation['step']}: mean accuracy {100 * evaluation['macroAverage']:.1f}% "
+            f"(macro; {per}; n={evaluation['samples']}); evaluated steps {steps}"
+        )
     history = summary.history
     if history:
         trained = sum(1 for r in history if r["trained"])

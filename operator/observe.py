@@ -9,14 +9,18 @@ without a cluster.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from opensir_operator import names
 
+from opensir.evaluation.results import latest_summary
 from opensir.spec import SelfPlayRun
 from opensir.storage import ArtifactNotFoundError, open_store
+
+log = logging.getLogger(__name__)
 
 PROGRESS_KEY = "progress.json"  # opensir.runner.PROGRESS_KEY (not imported: it pulls in torch)
 
@@ -137,6 +141,8 @@ class ProgressReading:
     progress: Progress | None = None
     store_uri: str | None = None
     error: str | None = None
+    evaluation: Mapping[str, Any] | None = None
+    """The newest stored benchmark evaluation, as ``status.evaluation`` shows it."""
 
 
 def read_progress(run: SelfPlayRun) -> ProgressReading:
@@ -152,11 +158,18 @@ def read_progress(run: SelfPlayRun) -> ProgressReading:
         data = json.loads(raw)
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
-        return ProgressReading(progress=Progress.from_json(data), store_uri=store.uri)
+        progress = Progress.from_json(data)
     except (ValueError, TypeError, KeyError) as error:
         return ProgressReading(
             store_uri=store.uri, error=f"{store.uri}/{PROGRESS_KEY} is unreadable: {error}"
         )
+    evaluation = None
+    if run.spec.evaluation.benchmarks:
+        try:
+            evaluation = latest_summary(store)
+        except OSError as error:  # the progress is still worth reporting; the next reconcile retries
+            log.warning("cannot read the evaluations in %s: %s", store.uri, error)
+    return ProgressReading(progress=progress, store_uri=store.uri, evaluation=evaluation)
 
 
 def delete_artifacts(run: SelfPlayRun) -> str:

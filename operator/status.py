@@ -97,6 +97,8 @@ def progress_section(reading: ProgressReading, max_steps: int) -> dict[str, Any]
         if isinstance(progress.last_step.get(key), int | float)
     }
     section["metrics"] = metrics
+    if reading.evaluation:
+        section["evaluation"] = dict(reading.evaluation)
     return section
 
 

@@ -1,0 +1,1 @@
+"""Benchmark evaluation (``opensir eval``, ``spec.evaluation``): datasets, scoring, metrics, harness."""
