@@ -33,7 +33,7 @@ from opensir_operator.observe import (
     summarize,
 )
 from opensir_operator.reconcile import Expectations, RunObject, accept, cleanup, decide, execute
-from opensir_operator.settings import OperatorConfig, configure
+from opensir_operator.settings import NETWORK_POLICIES, OperatorConfig, configure
 
 OURS = {names.PART_OF: names.PART_OF_VALUE}
 RunKey = tuple[str, str]
@@ -97,6 +97,22 @@ def opensir_deployments(body: kopf.Body, labels: kopf.Labels, namespace: str, **
 @kopf.index("batch", "v1", "jobs", labels=OURS)
 def opensir_jobs(body: kopf.Body, labels: kopf.Labels, namespace: str, **_: Any) -> Any:
     return _index(body, labels, namespace)
+
+
+if OperatorConfig.from_env().network_policy:  # watched only where the chart grants it (networkPolicy.enabled)
+
+    @kopf.index(*NETWORK_POLICIES, labels=OURS)
+    def opensir_networkpolicies(body: kopf.Body, labels: kopf.Labels, namespace: str, **_: Any) -> Any:
+        return _index(body, labels, namespace)
+
+    @kopf.on.event(*NETWORK_POLICIES, labels=OURS)
+    async def network_policy_changed(labels: kopf.Labels, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+        _wake(memo, namespace, child_run(labels))
+
+
+def _optional_indices(kwargs: Mapping[str, Any]) -> tuple[kopf.Index[RunKey, Child], ...]:
+    """The indices of the children only some configurations have (network policies)."""
+    return tuple(kwargs[name] for name in ("opensir_networkpolicies",) if name in kwargs)
 
 
 def _children(key: RunKey, *indices: kopf.Index[RunKey, Child]) -> dict[tuple[str, str], Child]:
@@ -166,12 +182,18 @@ async def reconcile_run(
     opensir_services: kopf.Index[RunKey, Child],
     opensir_deployments: kopf.Index[RunKey, Child],
     opensir_jobs: kopf.Index[RunKey, Child],
-    **_: Any,
+    **kwargs: Any,
 ) -> None:
     """The run's single writer: reconcile, let the watch streams show the writes, then sleep until
     something changes or the resync is due."""
     key = (namespace, name)
-    indices = (opensir_configmaps, opensir_services, opensir_deployments, opensir_jobs)
+    indices = (
+        opensir_configmaps,
+        opensir_services,
+        opensir_deployments,
+        opensir_jobs,
+        *_optional_indices(kwargs),
+    )
     wake = asyncio.Event()
     memo.wakeups[key] = wake
     loop = asyncio.get_running_loop()
@@ -206,11 +228,16 @@ async def delete_run(
     opensir_services: kopf.Index[RunKey, Child],
     opensir_deployments: kopf.Index[RunKey, Child],
     opensir_jobs: kopf.Index[RunKey, Child],
-    **_: Any,
+    **kwargs: Any,
 ) -> None:
     """Remove the children (kmock and clusters without GC need it) and, when asked, the artifacts."""
     children = _children(
-        (namespace, name), opensir_configmaps, opensir_services, opensir_deployments, opensir_jobs
+        (namespace, name),
+        opensir_configmaps,
+        opensir_services,
+        opensir_deployments,
+        opensir_jobs,
+        *_optional_indices(kwargs),
     )
     obj = RunObject.from_body(body)
     acceptance = accept(obj)

@@ -26,6 +26,7 @@ PATHS = {
     "Service": "/api/v1/namespaces/{namespace}/services",
     "Deployment": "/apis/apps/v1/namespaces/{namespace}/deployments",
     "Job": "/apis/batch/v1/namespaces/{namespace}/jobs",
+    "NetworkPolicy": "/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies",
     names.RUN_KIND: f"/apis/{names.GROUP}/{names.VERSION}/namespaces/{{namespace}}/{names.RUN_PLURAL}",
 }
 MERGE_PATCH = "application/merge-patch+json"

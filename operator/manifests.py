@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import yaml
 from opensir_operator import names
 
-from opensir.spec import ComputeResources, SelfPlayRun, dump_run, parse_run
+from opensir.engines.vllm_server import ServerConfig, server_args, server_env
+from opensir.spec import ComputeResources, SelfPlayRun, SelfPlayRunSpec, dump_run, parse_run
 
 Manifest = dict[str, Any]
 
@@ -25,7 +27,8 @@ RUN_USER = 1000
 TRAINER_COMMAND = ("opensir", "run", f"{names.CONFIG_DIR}/{names.CONFIG_KEY}")
 """The trainer pod runs the same program as a laptop; it resumes from the last committed checkpoint."""
 BOOTSTRAP_COMMAND = ("opensir", "bootstrap", f"{names.CONFIG_DIR}/{names.CONFIG_KEY}")
-EVALUATE_COMMAND = ("opensir", "evaluate", f"{names.CONFIG_DIR}/{names.CONFIG_KEY}")
+EVALUATE_COMMAND = ("opensir", "eval", f"{names.CONFIG_DIR}/{names.CONFIG_KEY}")
+"""``opensir eval`` of a run manifest: evaluates the checkpoint at --step, stores the results next to it."""
 VLLM_SERVER = ("python", "-m", "vllm.entrypoints.openai.api_server")
 
 POD_SECURITY: Manifest = {
@@ -240,6 +243,11 @@ def runner_document(t: Target) -> Manifest:
     return dump_run(parse_run(document, "run.yaml for the cluster"))
 
 
+def cluster_spec(t: Target) -> SelfPlayRunSpec:
+    """The spec the run's pods run with (:func:`runner_document`)."""
+    return parse_run(runner_document(t), "run.yaml for the cluster").spec
+
+
 def config_map(t: Target) -> Manifest:
     text = yaml.safe_dump(runner_document(t), sort_keys=False)
     return _finish(
@@ -297,35 +305,33 @@ def _server_deployment(
 
 
 def rollout_deployment(t: Target, replicas: int) -> Manifest:
-    """vLLM's OpenAI server for the policy; the trainer pushes new weights to it (full or LoRA)."""
+    """vLLM's OpenAI server for the policy; the trainer pushes new weights to it (full or LoRA).
+
+    Its arguments and environment come from :mod:`opensir.engines.vllm_server`, which also defines
+    the weight-update protocol the trainer's WeightSync speaks to it.
+    """
     spec = t.run.spec
     rollout, model = spec.rollout, spec.model
-    args = [
-        "--model",
-        model.name,
-        "--served-model-name",
-        model.name,
-        "--host",
-        "0.0.0.0",
-        "--port",
-        str(names.ROLLOUT_PORT),
-        "--dtype",
-        model.dtype,
-        "--tensor-parallel-size",
-        str(rollout.tensor_parallel),
-        "--gpu-memory-utilization",
-        str(rollout.gpu_memory_utilization),
-    ]
-    if model.revision:
-        args += ["--revision", model.revision]
-    if rollout.max_model_len:
-        args += ["--max-model-len", str(rollout.max_model_len)]
-    if model.trust_remote_code:
-        args.append("--trust-remote-code")
-    env: list[Manifest] = []
-    if spec.training.lora.enabled:
-        args += ["--enable-lora", "--max-lora-rank", str(spec.training.lora.rank)]
-        env = _env(VLLM_ALLOW_RUNTIME_LORA_UPDATING="True")
+    config = ServerConfig(
+        model=model.name,
+        served_model_name=model.name,
+        host="0.0.0.0",
+        port=names.ROLLOUT_PORT,
+        dtype=model.dtype,
+        max_model_len=rollout.max_model_len,
+        seed=spec.training.seed,
+        enable_lora=spec.training.lora.enabled,
+        max_lora_rank=spec.training.lora.rank,
+        tensor_parallel=rollout.tensor_parallel,
+        gpu_memory_utilization=rollout.gpu_memory_utilization,
+        revision=model.revision,
+        trust_remote_code=model.trust_remote_code,
+        whole_prefill=rollout.gpus == 0,  # vLLM's CPU build (see whole_prefill_options)
+    )
+    args = server_args(config)
+    env = _env(**server_env(config))
+    if cluster_spec(t).weight_sync_kind() in ("store", "lora"):
+        env += _storage_env(t)  # the servers fetch what the trainer publishes in the run's storage
     return _server_deployment(
         t,
         names.rollout_name(t.name),
@@ -365,11 +371,18 @@ def embed_deployment(t: Target, replicas: int) -> Manifest:
     )
 
 
-def _service(t: Target, name: str, component: str, ports: list[Manifest], headless: bool = False) -> Manifest:
+def _service(
+    t: Target,
+    name: str,
+    component: str,
+    ports: list[Manifest],
+    *,
+    headless: bool = False,
+    not_ready: bool = False,
+) -> Manifest:
     spec: Manifest = {"selector": names.selector_labels(t.name, component), "ports": ports}
     if headless:
-        # Stable DNS names per pod (R-train-0.R-train) for the rendezvous, before the pods are ready.
-        spec.update({"clusterIP": "None", "publishNotReadyAddresses": True})
+        spec.update({"clusterIP": "None", "publishNotReadyAddresses": not_ready})
     else:
         spec["type"] = "ClusterIP"
     return _finish(
@@ -378,8 +391,10 @@ def _service(t: Target, name: str, component: str, ports: list[Manifest], headle
 
 
 def rollout_service(t: Target) -> Manifest:
+    """Headless: its name resolves to every ready rollout pod, so that the trainer spreads generation
+    over the replicas and pushes new weights to each one (opensir.engines.replicas)."""
     port = {"name": "http", "port": names.ROLLOUT_PORT, "targetPort": "http", "protocol": "TCP"}
-    return _service(t, names.rollout_name(t.name), "rollout", [port])
+    return _service(t, names.rollout_name(t.name), "rollout", [port], headless=True)
 
 
 def embed_service(t: Target) -> Manifest:
@@ -395,7 +410,27 @@ def train_service(t: Target) -> Manifest:
         "targetPort": names.RENDEZVOUS_PORT,
         "protocol": "TCP",
     }
-    return _service(t, names.train_name(t.name), "train", [port], headless=True)
+    # Stable DNS names per pod (R-train-0.R-train) for the rendezvous, before the pods are ready.
+    return _service(t, names.train_name(t.name), "train", [port], headless=True, not_ready=True)
+
+
+def network_policy(t: Target, extra_ingress: Sequence[Manifest] = ()) -> Manifest:
+    """Admits traffic to the run's pods only from the run's own pods, on every port (rollout and
+    embedding servers, whose development routes load weights; the trainer's weight-sync and
+    rendezvous ports), then ``extra_ingress`` (the chart's ``networkPolicy.runExtraIngress``)."""
+    own = {"podSelector": {"matchLabels": {names.RUN_LABEL: t.name}}}
+    return _finish(
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": _metadata(t, names.network_policy_name(t.name), "network"),
+            "spec": {
+                "podSelector": {"matchLabels": {names.RUN_LABEL: t.name}},
+                "policyTypes": ["Ingress"],
+                "ingress": [{"from": [own]}, *extra_ingress],
+            },
+        }
+    )
 
 
 # ------------------------------------------------------------------------------------------ jobs
@@ -464,6 +499,15 @@ def _trainer_args(t: Target) -> tuple[list[str], list[Manifest]]:
     return list(TRAINER_COMMAND), []
 
 
+def _weight_sync_env() -> list[Manifest]:
+    """Where the rollout servers reach the trainer for ``weightSync: broadcast``: its pod IP, on a
+    fixed port (opensir.engines.remote)."""
+    return [
+        {"name": "OPENSIR_TRAINER_ADDRESS", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        *_env(OPENSIR_WEIGHT_SYNC_PORT=str(names.WEIGHT_SYNC_PORT)),
+    ]
+
+
 def train_job(t: Target, attempt: int) -> Manifest:
     """The runner with DeepSpeed/torch. backoffLimit 0: a failed pod fails the Job, and the operator
     restarts it from the last committed checkpoint and counts the restart (spec.backoffLimit)."""
@@ -476,9 +520,12 @@ def train_job(t: Target, attempt: int) -> Manifest:
         command,
         [],
         _resources(spec.resources.trainer, training.gpus_per_node),
-        [*env, *_storage_env(t), *_env(OPENSIR_METRICS_PORT=str(names.METRICS_PORT))],
+        [*env, *_storage_env(t), *_env(OPENSIR_METRICS_PORT=str(names.METRICS_PORT)), *_weight_sync_env()],
         _mounts(config=True, shm=True),
-        [{"name": "metrics", "containerPort": names.METRICS_PORT, "protocol": "TCP"}],
+        [
+            {"name": "metrics", "containerPort": names.METRICS_PORT, "protocol": "TCP"},
+            {"name": "weight-sync", "containerPort": names.WEIGHT_SYNC_PORT, "protocol": "TCP"},
+        ],
     )
     if training.nodes > 1:
         container["ports"].append({"name": "rdzv", "containerPort": names.RENDEZVOUS_PORT, "protocol": "TCP"})
@@ -539,7 +586,7 @@ def eval_job(t: Target, step: int) -> Manifest:
     container = _container(
         t,
         "evaluate",
-        [*EVALUATE_COMMAND, "--step", str(step)],
+        [*EVALUATE_COMMAND, "--out", "/tmp/opensir-eval", "--no-progress", "--step", str(step)],
         [],
         _resources(spec.resources.trainer, spec.training.gpus_per_node),
         _storage_env(t),
@@ -576,6 +623,7 @@ def all_manifests(
     ]
     if spec.training.nodes > 1:
         manifests.append(train_service(t))
+    manifests.append(network_policy(t))
     return manifests
 
 

@@ -39,6 +39,8 @@ FINALIZER = f"{GROUP}/finalizer"
 
 ROLLOUT_PORT = 8000
 RENDEZVOUS_PORT = 29500
+WEIGHT_SYNC_PORT = 29600
+"""The trainer's port for the broadcast weight sync (the rollout servers connect to it)."""
 METRICS_PORT = 9400
 CONFIG_DIR = "/etc/opensir"
 CONFIG_KEY = "run.yaml"
@@ -46,6 +48,10 @@ CONFIG_KEY = "run.yaml"
 
 def config_name(run: str) -> str:
     return f"{run}-config"
+
+
+def network_policy_name(run: str) -> str:
+    return f"{run}-network"
 
 
 def rollout_name(run: str) -> str:

@@ -320,6 +320,8 @@ def decide(
         _ensure(plan, children, manifests.embed_service(target))
     if spec.training.nodes > 1 and running:
         _ensure(plan, children, manifests.train_service(target))
+    if config.network_policy:
+        _ensure(plan, children, manifests.network_policy(target, config.network_policy_extra_ingress))
 
     if boot is not None and not (boot.succeeded or boot.failed) and not boot.deleting and not running:
         plan.deletes.append(("Job", boot.name))

@@ -7,9 +7,12 @@ Everything here is read once at startup. The environment is the Helm chart's int
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import kopf
 from opensir_operator import names
@@ -28,15 +31,38 @@ class OperatorConfig:
     object storage, which sends no watch events, so it is re-read at this period (and stalls noticed)."""
     workers: int = 8
     """Threads for blocking Kubernetes API and storage calls (shared by all runs)."""
+    network_policy: bool = False
+    """Give every run a NetworkPolicy that admits traffic to its pods only from its own pods (the
+    rollout servers' development routes and the weight-sync port must not be open to the cluster)."""
+    network_policy_extra_ingress: tuple[dict[str, Any], ...] = ()
+    """NetworkPolicyIngressRule objects appended to every run's policy (e.g. Prometheus on metrics)."""
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> OperatorConfig:
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorConfig:
         env = os.environ if environ is None else environ
         return cls(
             default_image=env.get("OPENSIR_RUNTIME_IMAGE", DEFAULT_IMAGE),
             resync_seconds=float(env.get("OPENSIR_RESYNC_SECONDS", "30")),
             workers=int(env.get("OPENSIR_OPERATOR_WORKERS", "8")),
+            network_policy=env.get(NETWORK_POLICY_ENV, "false").strip().lower() == "true",
+            network_policy_extra_ingress=_ingress_rules(env.get(EXTRA_INGRESS_ENV, "")),
         )
+
+
+NETWORK_POLICY_ENV = "OPENSIR_NETWORK_POLICY"
+EXTRA_INGRESS_ENV = "OPENSIR_NETWORK_POLICY_EXTRA_INGRESS"
+
+
+def _ingress_rules(text: str) -> tuple[dict[str, Any], ...]:
+    if not text.strip():
+        return ()
+    try:
+        rules = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"${EXTRA_INGRESS_ENV} is not JSON ({error}): {text[:200]!r}") from error
+    if not isinstance(rules, list) or not all(isinstance(rule, dict) for rule in rules):
+        raise ValueError(f"${EXTRA_INGRESS_ENV} must be a JSON list of NetworkPolicyIngressRule objects")
+    return tuple(rules)
 
 
 CHILD_RESOURCES = (
@@ -45,6 +71,8 @@ CHILD_RESOURCES = (
     ("apps", "v1", "deployments"),
     ("batch", "v1", "jobs"),
 )
+NETWORK_POLICIES = ("networking.k8s.io", "v1", "networkpolicies")
+"""Watched (and built) only with ``network_policy``: the operator has no RBAC for them otherwise."""
 
 
 def configure(settings: kopf.OperatorSettings) -> None:
@@ -65,6 +93,7 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.posting.level = logging.WARNING
     # Server-side filtering of the children's watch streams (clients filter by labels again).
     selector = f"{names.PART_OF}={names.PART_OF_VALUE}"
-    for group, version, plural in CHILD_RESOURCES:
+    config = OperatorConfig.from_env()
+    for group, version, plural in CHILD_RESOURCES + ((NETWORK_POLICIES,) if config.network_policy else ()):
         settings.watching.label_selectors[group, version, plural] = selector
-    settings.execution.max_workers = OperatorConfig.from_env().workers
+    settings.execution.max_workers = config.workers

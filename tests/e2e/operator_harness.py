@@ -110,13 +110,15 @@ class K8s:
         return {}
 
     def children(self, namespace: str) -> dict[str, set[str]]:
-        """Names of the objects in a namespace, by kind (the emulator has no label selectors)."""
-        return {
-            "ConfigMap": {o.metadata.name for o in self.core.list_namespaced_config_map(namespace).items},
-            "Service": {o.metadata.name for o in self.core.list_namespaced_service(namespace).items},
-            "Deployment": {o.metadata.name for o in self.apps.list_namespaced_deployment(namespace).items},
-            "Job": {o.metadata.name for o in self.batch.list_namespaced_job(namespace).items},
-        }
+        """Names of the objects in a namespace, by kind (the emulator has no label selectors).
+
+        Listed in the reverse of the order the operator creates them (Jobs last), so that a caller who
+        sees a Job also sees every child created before it, whatever happens between the lists."""
+        jobs = {o.metadata.name for o in self.batch.list_namespaced_job(namespace).items}
+        deployments = {o.metadata.name for o in self.apps.list_namespaced_deployment(namespace).items}
+        services = {o.metadata.name for o in self.core.list_namespaced_service(namespace).items}
+        config_maps = {o.metadata.name for o in self.core.list_namespaced_config_map(namespace).items}
+        return {"ConfigMap": config_maps, "Service": services, "Deployment": deployments, "Job": jobs}
 
     def job_started(self, namespace: str, name: str) -> None:
         """What the Job controller writes when the Job's pods start."""

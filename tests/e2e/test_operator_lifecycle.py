@@ -166,7 +166,12 @@ def test_operator_suspend_and_resume(k8s: K8s, operator_ns: str, tmp_path: Path)
     wait_for(
         lambda: k8s.children(ns)["Job"], lambda jobs: "delta-train" in jobs, what="the training Job again"
     )
-    assert k8s.apps.read_namespaced_deployment("delta-rollout", ns).spec.replicas == 2
+    # The Job and the servers' scale-up are separate writes: wait for the second, whichever comes first.
+    wait_for(
+        lambda: k8s.apps.read_namespaced_deployment("delta-rollout", ns).spec.replicas,
+        lambda r: r == 2,
+        what="servers scaled back up",
+    )
     k8s.job_started(ns, "delta-train")
     status = wait_for(
         lambda: k8s.status(ns, "delta"), lambda s: s.get("phase") == "Training", what="Training"

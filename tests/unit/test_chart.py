@@ -423,3 +423,14 @@ def test_every_value_is_documented_in_values_yaml_and_readme() -> None:
         if not any(n > 0 and lines[n - 1].strip().startswith("#") for n in line_numbers):
             undocumented.append(f"{key}: no comment above it in values.yaml")
     assert not undocumented, "\n".join(undocumented)
+
+
+def test_the_operator_reads_the_charts_network_policy_settings() -> None:
+    from opensir_operator.settings import OperatorConfig
+
+    deployment = one(render_case("all-on"), "Deployment", f"{RELEASE}-operator")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    config = OperatorConfig.from_env(env)
+    assert config.network_policy is True
+    assert config.network_policy_extra_ingress == tuple(EVERY_TOGGLE_ON["networkPolicy.runExtraIngress"])

@@ -270,3 +270,45 @@ def test_spec_hash_is_stable_and_follows_changes():
     one = manifests.rollout_deployment(t, 1)["metadata"]["annotations"][names.SPEC_HASH]
     zero = manifests.rollout_deployment(t, 0)["metadata"]["annotations"][names.SPEC_HASH]
     assert one != zero
+
+
+def test_the_rollout_service_resolves_to_every_ready_replica():
+    service = manifests.rollout_service(target(rollout={"replicas": 3}))["spec"]
+    # Headless: the trainer resolves it to each pod, to spread requests and push weights to all.
+    assert service["clusterIP"] == "None" and service["publishNotReadyAddresses"] is False
+    train = manifests.train_service(target(**VARIANTS["multi-node-deepspeed-lora-embed-server"]))["spec"]
+    assert train["publishNotReadyAddresses"] is True  # the rendezvous needs names before readiness
+
+
+def test_weight_sync_wiring_between_trainer_and_rollout_pods():
+    storage = {"uri": "s3://bucket/runs", "credentialsSecret": "s3-creds", "endpoint": "minio:9000"}
+    broadcast = target(storage=storage)
+    trainer = manifests.train_job(broadcast, 0)["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in trainer["env"]}
+    assert env["OPENSIR_TRAINER_ADDRESS"]["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    assert env["OPENSIR_WEIGHT_SYNC_PORT"]["value"] == str(names.WEIGHT_SYNC_PORT)
+    assert {"name": "weight-sync", "containerPort": names.WEIGHT_SYNC_PORT, "protocol": "TCP"} in trainer[
+        "ports"
+    ]
+
+    def rollout_env(t: manifests.Target) -> set[str]:
+        container = manifests.rollout_deployment(t, 1)["spec"]["template"]["spec"]["containers"][0]
+        return {e["name"] for e in container["env"]}
+
+    # Only the syncs that go through the run's storage give the servers its credentials.
+    assert "AWS_ACCESS_KEY_ID" not in rollout_env(broadcast)
+    assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= rollout_env(
+        target(storage=storage, training={"lora": {"enabled": True}})
+    )
+    assert "AWS_ACCESS_KEY_ID" in rollout_env(target(storage=storage, rollout={"weightSync": "store"}))
+
+
+def test_cpu_rollout_servers_prefill_whole_prompts():
+    def args(**rollout: Any) -> list[str]:
+        t = target(rollout={"maxModelLen": 4096, **rollout})
+        return manifests.rollout_deployment(t, 1)["spec"]["template"]["spec"]["containers"][0]["args"]
+
+    cpu = args(gpus=0)
+    assert "--no-enable-chunked-prefill" in cpu
+    assert cpu[cpu.index("--max-num-batched-tokens") + 1] == "4096"
+    assert "--no-enable-chunked-prefill" not in args(gpus=1)

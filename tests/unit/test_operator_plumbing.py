@@ -260,3 +260,17 @@ def test_operator_config_from_environment():
     )
     assert (config.default_image, config.resync_seconds) == ("x:1", 2.5)
     assert settings.OperatorConfig.from_env({}).default_image == settings.DEFAULT_IMAGE
+
+
+def test_network_policy_settings_from_the_charts_environment():
+    rules = [{"from": [{"namespaceSelector": {}}], "ports": [{"port": "metrics"}]}]
+    config = settings.OperatorConfig.from_env(
+        {"OPENSIR_NETWORK_POLICY": "true", "OPENSIR_NETWORK_POLICY_EXTRA_INGRESS": json.dumps(rules)}
+    )
+    assert config.network_policy and config.network_policy_extra_ingress == tuple(rules)
+    off = settings.OperatorConfig.from_env(
+        {"OPENSIR_NETWORK_POLICY": "false", "OPENSIR_NETWORK_POLICY_EXTRA_INGRESS": "[]"}
+    )
+    assert not off.network_policy and off.network_policy_extra_ingress == ()
+    with pytest.raises(ValueError, match="OPENSIR_NETWORK_POLICY_EXTRA_INGRESS"):
+        settings.OperatorConfig.from_env({"OPENSIR_NETWORK_POLICY_EXTRA_INGRESS": "{not json"})

@@ -397,3 +397,20 @@ def test_expectations_wait_for_the_watch_to_show_our_writes():
     assert expect.met(o, {("Job", "r-train"): Child(kind="Job", name="r-train", uid="new")})
     assert not Expectations()
     assert not Expectations(status={"phase": "Training"}).met(o, {})
+
+
+def test_with_network_policies_every_run_gets_one_and_keeps_it():
+    prometheus = {"from": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}]}
+    config = OperatorConfig(
+        default_image="img:1", network_policy=True, network_policy_extra_ingress=(prometheus,)
+    )
+    o = obj(with_spec())
+    plan = decide(o, accept(o), {}, ProgressReading(store_uri="file:///runs/ns/r"), NOW, config)
+    (policy,) = [m for m in plan.creates if m["kind"] == "NetworkPolicy"]
+    assert policy["metadata"]["name"] == "r-network"
+    own = {"podSelector": {"matchLabels": {names.RUN_LABEL: "r"}}}
+    assert policy["spec"]["podSelector"] == own["podSelector"]
+    assert policy["spec"]["ingress"] == [{"from": [own]}, prometheus]
+    again = decide(accepted(o), accept(accepted(o)), observed(plan), ProgressReading(), NOW, config)
+    assert not any(m["kind"] == "NetworkPolicy" for m in again.creates + again.patches)
+    assert ("NetworkPolicy", "r-network") not in kinds(plan_for(o))  # off by default
