@@ -45,7 +45,7 @@ from opensir.engines.factory import Engines, build_engines, build_follower_train
 from opensir.engines.server_sync import RunStore
 from opensir.errors import OpensirError
 from opensir.evaluation.results import EVALS, evals_prefix
-from opensir.evaluation.targets import evaluate_run_checkpoint, evaluation_due
+from opensir.evaluation.targets import evaluate_run_checkpoint
 from opensir.metrics import CompletionLengths, RunMetrics
 from opensir.rl import distributed
 from opensir.rl.distributed import launched_rank
@@ -233,7 +233,7 @@ def run_selfplay(
                     saving = time.monotonic()
                     state.checkpoint = _save(store, engines, state, workdir, spec.training)
                     metrics.checkpoint_committed(state.checkpoint, time.monotonic() - saving)
-                    if in_process_eval and evaluation_due(spec.evaluation, state.step, max_steps):
+                    if in_process_eval and spec.evaluation.due(state.step, max_steps):
                         _evaluate(spec, engines, store, state.checkpoint, workdir, bar)
                     _write_progress(store, spec, state, record)
         if isinstance(engines.trainer, LeaderTrainer):

@@ -441,6 +441,13 @@ class EvaluationSpec(_Model):
     data_dir: str | None = None
     """Directory with the benchmark JSONL files; null reads them from the Hugging Face hub."""
 
+    def due(self, step: int, max_steps: int) -> bool:
+        """Whether the checkpoint of ``step`` is to be evaluated (by the runner in process, or by the
+        operator's evaluation Job): every ``every`` steps when ``every`` > 0, and always the final one."""
+        if not self.benchmarks or step <= 0:
+            return False
+        return (self.every > 0 and step % self.every == 0) or step >= max_steps
+
 
 # ---------------------------------------------------------------------------------------- cluster
 class Toleration(_Model):

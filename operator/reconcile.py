@@ -296,11 +296,9 @@ def decide(
 
     # 3. Evaluation of due checkpoints.
     evaluating = False
-    if spec.evaluation.benchmarks and failure is None and progress is not None and progress.last_checkpoint:
+    if failure is None and progress is not None and progress.last_checkpoint:
         step = int(progress.last_checkpoint.get("step") or 0)
-        every = spec.evaluation.every
-        due = step > 0 and ((every > 0 and step % every == 0) or step >= max_steps)
-        if due and step not in evals:
+        if spec.evaluation.due(step, max_steps) and step not in evals:
             plan.creates.append(manifests.eval_job(target, step))
             evaluating = train_done
     evaluating = evaluating or (train_done and any(not (e.succeeded or e.failed) for e in evals.values()))

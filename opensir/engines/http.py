@@ -139,15 +139,6 @@ class HTTPGenerator:
 
             return list(await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts))))
 
-    def served_version(self) -> str:
-        """The weight version the server reports (``GET /weight_info``; needs VLLM_SERVER_DEV_MODE)."""
-        return str(_run(self._get_json("/weight_info"))["weight_version"])
-
-    def served_models(self) -> list[str]:
-        """The model names the server serves now (``GET /v1/models``): the base and loaded adapters."""
-        answer = _run(self._get_json("/v1/models"))
-        return [str(entry["id"]) for entry in answer.get("data", [])]
-
     # ------------------------------------------------------------------------------------- requests
     def _request_body(
         self, prompt: Sequence[int], n: int, sampling: SamplingParams, index: int
@@ -172,13 +163,6 @@ class HTTPGenerator:
             body["seed"] = (sampling.seed + 7919 * index) % (2**63)
         return body
 
-    async def _get_json(self, path: str) -> dict[str, Any]:
-        import aiohttp
-
-        timeout = aiohttp.ClientTimeout(total=self.request_timeout_s, sock_connect=self.connect_timeout_s)
-        async with aiohttp.ClientSession(timeout=timeout, headers=self._headers) as session:
-            return await self._send(session, "GET", path, None, [self.base_url], 0)
-
     async def _round_endpoints(self) -> list[str]:
         """The replicas this call spreads its requests over; while none is ready (resolved and, with a
         guard, serving the current weights), wait for one for up to ``retry_for_s`` seconds."""
@@ -201,9 +185,8 @@ class HTTPGenerator:
 
     def _backoff(self, attempt: int) -> float:
         backoff = min(self.max_backoff_s, self.initial_backoff_s * 2 ** (attempt - 1))
-        return backoff * (
-            0.5 + random.random() / 2
-        )  # jitter: replicas of a restarted server are not hit in step
+        # Jittered, so that the requests waiting on a restarted server do not all return at once.
+        return backoff * (0.5 + random.random() / 2)
 
     async def _send(
         self,
@@ -296,7 +279,7 @@ def _json(text: str, url: str) -> dict[str, Any]:
     except json.JSONDecodeError as error:
         raise RolloutRequestError(f"{url} answered something that is not JSON: {text[:200]!r}") from error
     if not isinstance(value, dict):
-        return {"results": value}
+        raise RolloutRequestError(f"{url} answered JSON that is not an object: {text[:200]!r}")
     return value
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import tempfile
 import time
 import urllib.error
@@ -43,8 +42,8 @@ from torch import nn
 
 from opensir.engines.base import Trainer
 from opensir.engines.replicas import Endpoints, resolve_endpoints, server_root
-from opensir.engines.vllm_server import lora_model_name, lora_prefix
-from opensir.engines.weight_sync import WeightSyncError, full_state_dict, version_name
+from opensir.engines.vllm_server import free_port, lora_model_name, lora_prefix
+from opensir.engines.weight_sync import WeightSyncError, full_state_dict, trainer_module, version_name
 from opensir.rl.trainer import is_peft_model
 from opensir.spec import StorageSpec
 from opensir.storage import ArtifactStore, LocalStore, open_store
@@ -185,13 +184,6 @@ def publish(store: ArtifactStore, prefix: str, version: int, directory: Path, *,
 
 
 # ------------------------------------------------------------------------------------------ shared
-def _trainer_module(trainer: Trainer) -> nn.Module:
-    model = getattr(trainer, "model", None)
-    if not isinstance(model, nn.Module):
-        raise WeightSyncError(f"{type(trainer).__name__} exposes no .model module to take weights from")
-    return model
-
-
 class ServerWeightSync:
     """What the server-side syncs share: the update sequence, its fan-out over the replicas, its
     acknowledgement, and the repair of replicas that fell behind (:meth:`current`).
@@ -228,7 +220,7 @@ class ServerWeightSync:
         On failure a server is left paused where its weights may be half-updated (full-weight syncs),
         so nothing samples from a mix of old and new weights.
         """
-        model = _trainer_module(trainer)
+        model = trainer_module(trainer)
         version = self._version + 1
         started = time.monotonic()
         try:
@@ -448,7 +440,7 @@ class BroadcastWeightSync(ServerWeightSync):
         import torch.distributed as dist
 
         if self._store is None:
-            self.port = self.port or _free_port()
+            self.port = self.port or free_port(self.bind_host)
             self._store = dist.TCPStore(
                 self.bind_host,
                 self.port,
@@ -544,9 +536,3 @@ def _result(future: Future[Any], timeout_s: float) -> Any:
         return future.result(timeout=timeout_s)
     except TimeoutError as error:
         raise WeightSyncError(f"the server did not finish within {timeout_s:.0f} s") from error
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("", 0))
-        return int(probe.getsockname()[1])

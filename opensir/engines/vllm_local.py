@@ -29,7 +29,7 @@ from opensir.engines.vllm_server import (
     lora_rank_slot,
     whole_prefill_options,
 )
-from opensir.engines.weight_sync import WeightSyncError, full_state_dict, write_adapter
+from opensir.engines.weight_sync import WeightSyncError, full_state_dict, trainer_module, write_adapter
 from opensir.rl.trainer import is_peft_model
 
 
@@ -150,9 +150,7 @@ class VLLMWeightSync:
 
     def push(self, trainer: Trainer) -> int:
         """Load the trainer's weights (or its adapter) into the engine; return the new version."""
-        model = getattr(trainer, "model", None)
-        if not isinstance(model, nn.Module):
-            raise WeightSyncError(f"{type(trainer).__name__} exposes no .model module to take weights from")
+        model = trainer_module(trainer)
         version = self._version + 1
         try:
             if is_peft_model(model):

@@ -60,6 +60,8 @@ class OpensirWorkerExtension:
 
     _opensir_group: Any = None
     _opensir_device: torch.device | None = None
+    _opensir_store: Any = None
+    """The trainer's TCPStore client: the group needs it alive as long as it is used."""
 
     def opensir_init_broadcast(self, payload: str) -> dict[str, Any]:
         """Join the trainer's broadcast group (see the module docstring)."""

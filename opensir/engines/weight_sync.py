@@ -78,6 +78,14 @@ class InProcessWeightSync:
             )
 
 
+def trainer_module(trainer: Trainer) -> nn.Module:
+    """The module the trainer updates, which every push takes the weights from."""
+    model = getattr(trainer, "model", None)
+    if not isinstance(model, nn.Module):
+        raise WeightSyncError(f"{type(trainer).__name__} exposes no .model module to take weights from")
+    return model
+
+
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's tensors under their Hugging Face checkpoint names, each shared tensor once.
 
@@ -89,10 +97,13 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
             "the trainer's model is a LoRA (peft) model: its full weights are base + adapter; "
             "use weightSync: lora to push the adapter"
         )
-    seen: set[int] = set()
+    seen: set[object] = set()
     tensors: dict[str, torch.Tensor] = {}
     for name, tensor in model.state_dict().items():
-        key = tensor.untyped_storage().data_ptr() if tensor.numel() else id(tensor)
+        # The same memory seen as the same tensor (a tied head); views of one storage are kept apart.
+        key: object = id(tensor)
+        if tensor.numel():
+            key = (tensor.data_ptr(), tuple(tensor.shape), tuple(tensor.stride()))
         if key in seen:
             continue
         seen.add(key)

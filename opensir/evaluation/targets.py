@@ -19,7 +19,7 @@ from opensir.checkpoint import Checkpoint, CorruptCheckpointError, list_checkpoi
 from opensir.engines.base import Generator
 from opensir.errors import OpensirError
 from opensir.evaluation.results import evals_prefix
-from opensir.spec import EvaluationSpec, ModelSpec, SelfPlayRunSpec
+from opensir.spec import ModelSpec, SelfPlayRunSpec
 from opensir.storage import ArtifactStore, sha256_file
 
 if TYPE_CHECKING:
@@ -197,14 +197,6 @@ def store_results(store: ArtifactStore, step: int, directory: Path) -> list[str]
 
 
 # --------------------------------------------------------------------------------- inside a run
-def evaluation_due(evaluation: EvaluationSpec, step: int, max_steps: int) -> bool:
-    """Whether ``spec.evaluation`` asks for the checkpoint of ``step`` to be evaluated (the operator's
-    rule too: every ``every`` steps when ``every`` > 0, and always the final checkpoint)."""
-    if not evaluation.benchmarks or step <= 0:
-        return False
-    return (evaluation.every > 0 and step % evaluation.every == 0) or step >= max_steps
-
-
 def settings_of(spec: SelfPlayRunSpec, *, seed: int = 0) -> EvalSettings:
     """The evaluation settings of a run's ``spec.evaluation``."""
     from opensir.engines.base import SamplingParams

@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 
@@ -153,8 +152,3 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-def split_round_robin(count: int, ranks: int) -> Sequence[list[int]]:
-    """Indices ``0..count-1`` dealt to ``ranks`` ranks in turn: disjoint, balanced to within one."""
-    return [list(range(r, count, ranks)) for r in range(ranks)]

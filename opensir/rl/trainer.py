@@ -128,6 +128,8 @@ class GRPOStepper:
     ref_model: nn.Module | None
     scheduler: torch.optim.lr_scheduler.LRScheduler
     _step_count: int
+    _gradient_scale: float = 1.0
+    """Multiplies every backward: the world size where the engine averages gradients over processes."""
 
     @property
     def step_count(self) -> int:
@@ -249,9 +251,6 @@ class GRPOStepper:
             loss_by_role=loss_by_role,
             clip_fraction=totals[2],
         )
-
-    _gradient_scale: float = 1.0
-    """Multiplies every backward: the world size where the engine averages gradients over processes."""
 
     def _reference_logprobs(self, sequences: Sequence[TrainSequence]) -> Tensor | None:
         if self.config.kl_beta == 0:

@@ -14,7 +14,7 @@ from test_vllm_server import GREEDY_TOKENS, POLICY, QUESTIONS, _Trainer, local_g
 from opensir.engines.base import SamplingParams
 from opensir.engines.http import HTTPGenerator
 from opensir.engines.models import load_causal_lm, load_tokenizer, resolve_model
-from opensir.engines.server_sync import BroadcastWeightSync
+from opensir.engines.server_sync import BroadcastWeightSync, ServerControl
 from opensir.engines.vllm_server import LocalServer, start_local_server
 from opensir.selfplay.prompts import render_prompt, student_messages
 from opensir.spec import ModelSpec
@@ -84,7 +84,7 @@ def test_push_reaches_every_replica_and_a_restarted_one_is_resynced(replicas) ->
         out = generator.generate(prompts, 1, SamplingParams(temperature=0.0, max_tokens=GREEDY_TOKENS))
         assert [g[0].token_ids for g in out] == expected
         assert greedy_of(second, prompts) == expected  # the guard synced it before the round
-        assert HTTPGenerator(second.base_url, "policy").served_version() == "1"
+        assert ServerControl(second.base_url).version() == "1"
 
         # The next push forms the groups it needs and reaches both again.
         perturb(policy, seed=12)

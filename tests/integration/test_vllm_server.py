@@ -25,6 +25,7 @@ from opensir.engines.server_sync import (
     BroadcastWeightSync,
     LoRAWeightSync,
     RunStore,
+    ServerControl,
     StoreWeightSync,
 )
 from opensir.engines.vllm_server import LocalServer, free_port, start_local_server
@@ -199,7 +200,7 @@ def test_store_sync_serves_the_updated_weights(
 
     sync = StoreWeightSync(server.base_url, local_run_store(tmp_path), timeout_s=300)
     assert sync.push(_Trainer(policy)) == 1
-    assert generator.served_version() == "1"
+    assert ServerControl(generator.base_url).version() == "1"
     assert server_greedy(generator, prompts) == expected
     assert sync.store.list("weights/") == ["weights/v000001/model.safetensors"]
 
@@ -213,7 +214,7 @@ def test_broadcast_sync_serves_the_updated_weights(server, generator, policy, to
     sync = BroadcastWeightSync(server.base_url, version=1, timeout_s=300)
     try:
         assert sync.push(_Trainer(policy)) == 2
-        assert generator.served_version() == "2"
+        assert ServerControl(generator.base_url).version() == "2"
         assert server_greedy(generator, prompts) == expected
         # The group is kept: the next push reuses it.
         perturb(policy, seed=3)
@@ -249,7 +250,7 @@ def test_lora_sync_serves_the_adapter(server, generator, policy, tokenizer, prom
     try:
         assert sync.push(_Trainer(lora)) == 4
         assert generator.model == "policy-lora-v4"
-        assert generator.served_version() == "4"
+        assert ServerControl(generator.base_url).version() == "4"
         assert server_greedy(generator, prompts) == expected
         # The next version replaces the adapter.
         with torch.no_grad():
@@ -258,7 +259,7 @@ def test_lora_sync_serves_the_adapter(server, generator, policy, tokenizer, prom
                     parameter.mul_(-1.0)
         expected = local_greedy(lora, tokenizer, prompts)
         assert sync.push(_Trainer(lora)) == 5
-        models = generator.served_models()
+        models = ServerControl(generator.base_url).served_models()
         assert "policy-lora-v5" in models and "policy-lora-v4" not in models
         assert server_greedy(generator, prompts) == expected
     finally:
@@ -285,7 +286,7 @@ def test_store_sync_through_s3_serves_the_updated_weights(
             server.base_url, RunStore(storage, "default", "sync"), version=5, timeout_s=300
         )
         assert sync.push(_Trainer(policy)) == 6
-        assert generator.served_version() == "6"
+        assert ServerControl(generator.base_url).version() == "6"
         assert server_greedy(generator, prompts) == expected
         perturb(policy, seed=5)
         assert sync.push(_Trainer(policy)) == 7
@@ -309,7 +310,8 @@ def test_generator_rides_out_a_server_restart(server, generator, prompts) -> Non
     after = generator.generate(prompts[:1], 2, sampling)
     assert len(after[0]) == 2 and after[0][0].token_ids
     server.wait_ready()
-    assert generator.served_version() == "default"  # a fresh server holds the model it loaded
+    # A fresh server holds the model it loaded.
+    assert ServerControl(generator.base_url).version() == "default"
 
 
 def test_generator_names_the_url_when_the_server_stays_down(prompts) -> None:

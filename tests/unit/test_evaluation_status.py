@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from opensir.evaluation.results import evals_prefix, evaluated_steps, latest_summary
-from opensir.evaluation.targets import evaluation_due
 from opensir.spec import EvaluationSpec, parse_run
 from opensir.storage import LocalStore
 
@@ -25,11 +24,11 @@ def results(macro: float, per: dict[str, float], samples: int = 2) -> dict:
 
 def test_which_checkpoints_are_evaluated():
     off = EvaluationSpec()
-    assert not evaluation_due(off, 10, 10)
+    assert not off.due(10, 10)
     final_only = EvaluationSpec(benchmarks=["gsm8k"])
-    assert [s for s in range(1, 11) if evaluation_due(final_only, s, 10)] == [10]
+    assert [s for s in range(1, 11) if final_only.due(s, 10)] == [10]
     every = EvaluationSpec(benchmarks=["gsm8k"], every=4)
-    assert [s for s in range(1, 11) if evaluation_due(every, s, 10)] == [4, 8, 10]
+    assert [s for s in range(1, 11) if every.due(s, 10)] == [4, 8, 10]
 
 
 def test_the_newest_stored_evaluation_is_summarised(tmp_path: Path):
