@@ -59,7 +59,7 @@ from opensir.selfplay import (
     TeacherOutput,
     bootstrap_pool,
     completion_loss_mask,
-    parse_teacher,
+    parse_teacher_completion,
     render_prompt,
     score_round,
     student_messages,
@@ -270,7 +270,8 @@ def _play_and_train(
     # 1. Teacher: new problems from reference problems of the pool.
     references = state.pool.sample(method.teacher.prompts_per_step * method.teacher.upscale_ratio, state.rng)
     teacher_prompts = [
-        render_prompt(tokenizer, teacher_messages(p.text), spec.model.chat_template) for p in references
+        render_prompt(tokenizer, teacher_messages(p.text, method.prompts), spec.model.chat_template)
+        for p in references
     ]
     with timer("teacher_generation"):
         teacher_out = engines.teacher_generator.generate(
@@ -279,23 +280,14 @@ def _play_and_train(
             SamplingParams.from_spec(method.teacher.sampling, round_seed),
         )
     parsed: list[list[TeacherOutput]] = [
-        [
-            parse_teacher(
-                c.text,
-                max_concepts=method.teacher.max_concepts,
-                min_problem_chars=method.teacher.min_problem_chars,
-                min_concept_chars=method.teacher.min_concept_chars,
-            )
-            for c in group
-        ]
-        for group in teacher_out
+        [parse_teacher_completion(c.text, method.teacher) for c in group] for group in teacher_out
     ]
     legal = [(g, i) for g, group in enumerate(parsed) for i, out in enumerate(group) if out.legal]
     problems = [_problem_text(parsed, key) for key in legal]
 
     # 2. Student: answer every legal problem `samples` times.
     student_prompts = {
-        key: render_prompt(tokenizer, student_messages(text), spec.model.chat_template)
+        key: render_prompt(tokenizer, student_messages(text, method.prompts), spec.model.chat_template)
         for key, text in zip(legal, problems, strict=True)
     }
     student_out: dict[tuple[int, int], list[Completion]] = {}

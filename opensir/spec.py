@@ -95,6 +95,27 @@ class SamplingSpec(_Model):
     """Most tokens generated per completion."""
 
 
+class RolloutSampling(SamplingSpec):
+    """How self-play completions are sampled: the reference's settings (TRL 0.16's GRPO defaults, which
+    its vLLM requests pass on, and its 2048-token completions)."""
+
+    top_k: int = Field(default=50, ge=-1)
+    """Keep only the k most likely tokens; -1 keeps all (the reference samples with 50)."""
+    max_tokens: PositiveInt = 2048
+    """Most tokens generated per completion (the reference's maxCompletionLength)."""
+
+
+class EvaluationSampling(SamplingSpec):
+    """How evaluation answers are sampled: the paper's protocol."""
+
+    temperature: NonNegativeFloat = 0.6
+    """Softmax temperature; 0 is greedy (the paper evaluates at 0.6)."""
+    top_p: float = Field(default=0.95, gt=0, le=1)
+    """Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p (the paper: 0.95)."""
+    max_tokens: PositiveInt = 4096
+    """Most tokens generated per answer (the paper: 4096)."""
+
+
 # ------------------------------------------------------------------------------------- self-play
 class TeacherSpec(_Model):
     """The teacher role: writes new problems from reference problems of the pool."""
@@ -111,11 +132,15 @@ class TeacherSpec(_Model):
     """Shortest legal problem text."""
     min_concept_chars: PositiveInt = 10
     """At least one concept must be this long for a problem to be legal."""
+    reject_placeholders: bool = False
+    """Also count as illegal a problem or concept that copies a placeholder ("your problem here", the
+    explicit prompt's "the full statement of your new problem" and its concepts line). The reference
+    refuses only a problem that is exactly "..."; an improvement, off by default."""
     scaffold: bool = False
     """Write the <think>, <problem> and <concepts> tags into teacher completions and sample only the text
     between them (as guided decoding would), for small models that do not follow the format on their own.
     The forced tags are kept out of the loss. Off in the published method."""
-    sampling: SamplingSpec = SamplingSpec(temperature=1.0, max_tokens=1024)
+    sampling: RolloutSampling = RolloutSampling()
     """Sampling of teacher completions."""
 
 
@@ -130,14 +155,24 @@ class StudentSpec(_Model):
     """exact: the reference rule, identical canonical strings vote together, first seen wins ties.
     equivalence: answers that math-verify proves equal vote together (an improvement; off by default)."""
     voting_timeout_seconds: float = Field(default=5.0, gt=0)
-    """Time limit of one math-verify equivalence check in equivalence voting."""
+    """Time limit of one math-verify call: reading an answer, or one equivalence check in equivalence
+    voting."""
+    answer_rule: Literal["reference", "firstBox"] = "reference"
+    """How an answer is read. reference: math-verify's parse of the whole completion as the reference calls
+    it, which searches from the end (the last boxed answer, the boxes of one final statement, or an answer
+    anchored by "final answer is"), kept when the reference's filter finds it mathematical. firstBox: the
+    first balanced boxed answer alone, placeholder words refused (an improvement; off by default)."""
+    format_rule: Literal["reference", "tolerant"] = "reference"
+    """What earns the student's format reward. reference: the exact line 'Therefore, the final answer is:
+    $\\boxed{...}$' on one line. tolerant: also without the comma or colon, without the dollar signs, with
+    other spacing (an improvement; off by default)."""
     solve_rate_over: Literal["parseable", "all"] = "parseable"
     """Denominator of the solve rate: answers that parsed (reference) or all samples (improvement)."""
     scaffold: bool = False
     """After the student's reasoning, write "Therefore, the final answer is: $\\boxed{" and sample only the
     answer (as guided decoding would), for small models that do not end with a boxed answer on their own.
     The forced text is kept out of the loss. Off in the published method."""
-    sampling: SamplingSpec = SamplingSpec(temperature=1.0, max_tokens=1024)
+    sampling: RolloutSampling = RolloutSampling()
     """Sampling of student completions."""
 
 
@@ -232,6 +267,22 @@ class SelfPlaySpec(_Model):
     """The problem pool."""
     bootstrap: BootstrapSpec = BootstrapSpec()
     """Optional pool bootstrap."""
+    prompts: Literal["reference", "explicit"] = "reference"
+    """The teacher's and student's instructions. reference: the reference implementation's wording.
+    explicit: opensir's own, which spells the teacher's output format out with placeholders (an
+    improvement for small models; off by default)."""
+
+    @model_validator(mode="after")
+    def _band_is_reachable(self) -> SelfPlaySpec:
+        n, band = self.student.samples, self.solve_rate
+        if not any(band.lower <= i / n <= band.upper for i in range(1, n + 1)):
+            raise SpecRuleError(
+                "solveRate",
+                {"lower": band.lower, "upper": band.upper},
+                f"contains no solve rate that {n} student samples can reach (i/{n} for i = 1..{n}); "
+                "widen the band or change student.samples",
+            )
+        return self
 
 
 # --------------------------------------------------------------------------------------- training
@@ -436,7 +487,7 @@ class EvaluationSpec(_Model):
     """Samples per problem (the paper's protocol: 16)."""
     max_problems: PositiveInt | None = None
     """Evaluate a seeded sample of at most this many problems per benchmark; null takes all."""
-    sampling: SamplingSpec = SamplingSpec(temperature=0.6, top_p=0.95, max_tokens=4096)
+    sampling: EvaluationSampling = EvaluationSampling()
     """Sampling of evaluation answers (the paper's protocol: temperature 0.6, top-p 0.95)."""
     data_dir: str | None = None
     """Directory with the benchmark JSONL files; null reads them from the Hugging Face hub."""

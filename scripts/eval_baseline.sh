@@ -25,8 +25,8 @@ seconds=$(( $(date +%s) - started ))
   echo "# Evaluation baseline: SmolLM2-135M-Instruct before self-play"
   echo
   echo "The number self-play runs are measured against: the base policy of the tiny example on the seven"
-  echo "math benchmarks, with the paper's evaluation protocol (the student prompt, answers checked with"
-  echo "math-verify, temperature 0.6, top-p 0.95) scaled down for a CPU: n=2 samples per problem on a fixed,"
+  echo "math benchmarks, with the paper's evaluation protocol (its prompt, its math-verify check, see"
+  echo "docs/method.md; temperature 0.6, top-p 0.95) scaled down for a CPU: n=2 samples per problem on a fixed,"
   echo "seeded sample of 50 problems per benchmark (all 30 of AIME 2024 and all 40 of AMC 2023), at most"
   echo "$max_tokens tokens per response."
   echo
@@ -34,7 +34,8 @@ seconds=$(( $(date +%s) - started ))
   echo "${command[*]}"
   echo '```'
   echo
-  echo "Wall time: $(( seconds / 60 )) min $(( seconds % 60 )) s on $(nproc) CPU cores ($(uname -m)), model"
+  cpu=$(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -n 1)
+  echo "Wall time: $(( seconds / 60 )) min $(( seconds % 60 )) s on $(nproc) CPU cores (${cpu:-$(uname -m)}), model"
   echo "loading and the vLLM server's start included; $(date -u +%Y-%m-%d)."
   echo
   cat "$out/results.md"

@@ -18,12 +18,16 @@ import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from opensir.errors import OpensirError
 from opensir.selfplay.answers import first_boxed
+
+GoldRule = Literal["latex", "latexOrExpression"]
+"""How the paper parses a benchmark's reference answer: ``latex``, wrapped in ``$…$`` and read as
+LaTeX; ``latexOrExpression``, as written, LaTeX first and then a plain expression."""
 
 
 class BenchmarkDataError(OpensirError, ValueError):
@@ -90,16 +94,18 @@ def _olympiad_answer(record: Mapping[str, Any], where: str) -> str:
         except (ValueError, SyntaxError):
             parsed = [value]
         value = parsed if isinstance(parsed, (list, tuple)) else [value]
-    answers = [_strip_dollars(str(v)) for v in value]
-    if not answers or not all(answers):
+    answers = [str(v).strip() for v in value]
+    if not answers or not all(_strip_dollars(a) for a in answers):
         raise BenchmarkDataError(f"{where}: OlympiadBench final_answer is empty: {value!r}")
-    # several answers (is_multiple_answer) compare as a set: math-verify reads "a, b" as one
+    # Kept as written ($…$ included), as the paper parses it. Several answers (is_multiple_answer)
+    # compare as a set, which math-verify reads from "$a$, $b$" (the reference kept only the first).
     return ", ".join(answers)
 
 
-def _plain(field: str) -> Callable[[Mapping[str, Any], str], str]:
+def _plain(field: str, *, strip_dollars: bool = True) -> Callable[[Mapping[str, Any], str], str]:
     def read(record: Mapping[str, Any], where: str) -> str:
-        return _strip_dollars(str(_field(record, field, where)))
+        text = str(_field(record, field, where))
+        return _strip_dollars(text) if strip_dollars else text.strip()
 
     return read
 
@@ -116,6 +122,8 @@ class BenchmarkInfo:
     read_answer: Callable[[Mapping[str, Any], str], str]
     hub: tuple[str, str | None, str]
     """(dataset repository, configuration, split) on the Hugging Face hub with the same schema."""
+    gold_rule: GoldRule = "latex"
+    """How the reference answer is parsed for checking (the reference's choice for each benchmark)."""
 
 
 BENCHMARKS: dict[str, BenchmarkInfo] = {
@@ -147,14 +155,16 @@ BENCHMARKS: dict[str, BenchmarkInfo] = {
             "question",
             _olympiad_answer,
             ("Hothan/OlympiadBench", "OE_TO_maths_en_COMP", "train"),
+            "latexOrExpression",
         ),
         BenchmarkInfo(
             "college_math",
             "College Math",
             "college_math.jsonl",
             "question",
-            _plain("answer"),
+            _plain("answer", strip_dollars=False),
             ("realtreetune/college_math", None, "test"),
+            "latexOrExpression",
         ),
         BenchmarkInfo(
             "aime24",

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from opensir.engines.base import Completion, Generator, SamplingParams
 from opensir.errors import OpensirError
-from opensir.evaluation.datasets import BENCHMARKS, Problem, load_benchmark, sample_problems
+from opensir.evaluation.datasets import BENCHMARKS, Problem, benchmark_info, load_benchmark, sample_problems
 from opensir.evaluation.metrics import (
     BenchmarkMetrics,
     Estimate,
@@ -262,7 +262,8 @@ def score_problem(problem: Problem, records: Sequence[Mapping[str, Any]]) -> Pro
     Right answers form one class (they all equal the reference); wrong ones are grouped by
     math-verify equivalence of their canonical forms; samples without an answer do not vote.
     """
-    scores = tuple(score_response(str(r["text"]), problem.answer) for r in records)
+    rule = benchmark_info(problem.benchmark).gold_rule
+    scores = tuple(score_response(str(r["text"]), problem.answer, rule) for r in records)
     votes: list[int | None] = []
     wrong_classes: list[str] = []
     for score in scores:

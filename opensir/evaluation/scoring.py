@@ -1,66 +1,34 @@
-"""Is a response right? The paper's check: the response's final ``\\boxed{}`` against the reference
-answer with math-verify.
+"""Is a response right? The paper's check, as the reference's ``evaluate.py`` makes it.
 
-Both sides go through :mod:`opensir.selfplay.answers` (math-verify with its own time limits): the
-response's LAST ``\\boxed{…}`` (the student prompt asks for the answer at the end) and the reference
-answer are parsed to canonical strings, and math-verify decides whether they are equal, so
-``0.5``/``\\frac{1}{2}`` and ``27.0``/``27`` match. A reference answer that is words, not mathematics
-(``\\text{Evelyn}``, ``diverges``), is compared as normalised text instead.
+* The response is parsed by math-verify with ``[ExprExtractionConfig(), LatexExtractionConfig(
+  boxed_match_priority=0, try_extract_without_anchor=False)]`` and ``first_match`` extraction and
+  fallback: math-verify searches from the end, so this is the last ``\\boxed{…}``, else an answer
+  anchored by "final answer is" / "answer:" (a ``$…$`` span or a plain number or expression), else
+  nothing: a response that states no answer is wrong.
+* The benchmark's answer is parsed as the reference parses each benchmark's gold (:data:`GoldRule`):
+  ``"$answer$"`` with one ``LatexExtractionConfig()`` (GSM8K, MATH-500, Minerva, and AIME and AMC,
+  which the reference does not evaluate), or the bare answer with LaTeX then plain expressions
+  (OlympiadBench, College Math).
+* ``math_verify.verify(gold, prediction)`` decides, as the reference calls it.
 
-A response without any ``\\boxed{}`` is read the way math-verify's own answer extraction anchors
-on answer phrases: the answer stated after the last "final answer is" / "answer is" / "answer:"
-(a ``$…$`` span, else the number there, after the last ``=`` of an equation). Small models often
-end with "Therefore, the final answer is: 28." instead of boxing it; counting only boxed answers
-would measure the format rather than the mathematics. :attr:`Score.boxed` keeps the two apart, and
-the reports give the share of boxed responses. A response with neither is wrong.
+Where the reference reads a benchmark's answer wrongly, the reader in :mod:`opensir.evaluation.datasets`
+fixes it before this step (listed in ``docs/method.md``): GSM8K's thousands separators are dropped
+(``1,250`` would parse as a set) and OlympiadBench's several answers are all kept, not only the first.
 """
 
 from __future__ import annotations
 
-import re
+import logging
 from dataclasses import dataclass
-from functools import lru_cache
+from typing import Any
 
-from opensir.evaluation.datasets import last_boxed
-from opensir.selfplay.answers import answers_equivalent, extract_answer
+from math_verify.errors import TimeoutException
 
-_TEXT_COMMAND = re.compile(r"\\(?:text|textbf|mathrm|mbox)\s*\{([^{}]*)\}")
-_ANSWER_PHRASE = re.compile(r"answer\s*(?:is|:|=)\s*:?\s*", re.IGNORECASE)
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?|-?\.\d+")
-_DOLLARS = re.compile(r"^\$\$?(.+?)\$\$?")
+from opensir.evaluation.datasets import GoldRule, last_boxed
+from opensir.selfplay.answers import answers_equivalent
+from opensir.selfplay.timelimit import call_with_time_limit
 
-
-def phrase_answer(text: str) -> str | None:
-    """The answer stated after the response's last answer phrase ("the final answer is: 28."), or None."""
-    matches = list(_ANSWER_PHRASE.finditer(text))
-    if not matches:
-        return None
-    rest = text[matches[-1].end() :].split("\n", 1)[0].strip()
-    dollars = _DOLLARS.match(rest)
-    if dollars:
-        return dollars.group(1).strip() or None
-    if rest.startswith("\\(") and "\\)" in rest:
-        return rest[2 : rest.index("\\)")].strip() or None
-    sentence = re.split(r"\.(?:\s|$)", rest, maxsplit=1)[0]
-    if "=" in sentence:
-        sentence = sentence.rsplit("=", 1)[1]
-    number = _NUMBER.search(sentence)
-    return number.group(0).replace(",", "") if number else None
-
-
-def normalize_text(answer: str) -> str:
-    """Text form of an answer for the non-mathematical fallback: without ``$``, ``\\text{}``, extra
-    spacing, case and a final period."""
-    text = _TEXT_COMMAND.sub(r"\1", answer.strip().strip("$"))
-    text = re.sub(r"\s+", " ", text.replace("\\,", " ").replace("\\ ", " ")).strip()
-    return text.rstrip(".").strip().lower()
-
-
-@lru_cache(maxsize=65536)
-def canonical_answer(answer: str, timeout_seconds: float = 5.0) -> str | None:
-    """math-verify's canonical form of one bare answer (``27.0``, ``\\frac{1}{2}``); None when it is
-    not mathematical."""
-    return extract_answer("\\boxed{" + answer + "}", timeout_seconds=timeout_seconds)
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -68,33 +36,77 @@ class Score:
     """The verdict on one response."""
 
     answer: str | None
-    """The response's final answer as written (its last ``\\boxed{}``, else the answer phrase's);
-    None when it states none."""
+    """The response's final answer as math-verify extracted it; None when it states none."""
     canonical: str | None
-    """Its canonical form (math-verify), or the normalised text when it is not mathematical."""
+    """Its parsed form printed as LaTeX (what maj@k groups by equivalence)."""
     correct: bool
     boxed: bool = False
-    """Whether the answer was in a ``\\boxed{}`` (the format the student prompt asks for)."""
+    """Whether the response has a ``\\boxed{}`` (the format the prompt asks for); a diagnostic only."""
 
 
-def score_response(response: str, reference: str, *, timeout_seconds: float = 5.0) -> Score:
-    """Whether ``response`` states ``reference`` as its final answer (see the module docstring)."""
-    answer = last_boxed(response)
-    boxed = answer is not None and bool(answer.strip())
-    if not boxed:
-        answer = phrase_answer(response)
-    if answer is None or not answer.strip():
-        return Score(None, None, False)
-    predicted = canonical_answer(answer, timeout_seconds)
-    gold = canonical_answer(reference, timeout_seconds)
-    if predicted is not None and gold is not None:
-        right = answers_equivalent(gold, predicted, timeout_seconds=timeout_seconds)
-        return Score(answer, predicted, right, boxed)
-    text = normalize_text(answer)
-    right = bool(text) and text == normalize_text(reference)
-    return Score(answer, predicted if predicted is not None else text, right, boxed)
+def _gold(reference: str, rule: GoldRule) -> list[Any]:
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
+
+    if rule == "latex":
+        target, config = "$" + reference + "$", [LatexExtractionConfig()]
+    else:
+        target, config = reference, [LatexExtractionConfig(), ExprExtractionConfig()]
+    return parse(
+        target,
+        extraction_config=config,
+        extraction_mode="first_match",
+        fallback_mode="first_match",
+        parsing_timeout=None,
+    )
+
+
+def _score(response: str, reference: str, rule: GoldRule) -> tuple[str | None, str | None, bool]:
+    """(extracted answer, its LaTeX, right?) for one response (runs under the time limit)."""
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+
+    prediction = parse(
+        response,
+        extraction_config=[
+            ExprExtractionConfig(),
+            LatexExtractionConfig(boxed_match_priority=0, try_extract_without_anchor=False),
+        ],
+        extraction_mode="first_match",
+        fallback_mode="first_match",
+        parsing_timeout=None,
+    )
+    if not prediction:
+        return None, None, False
+    gold = _gold(reference, rule)
+    right = bool(gold) and bool(verify(gold, prediction, timeout_seconds=None))
+    value, written = prediction[0], prediction[-1]
+    if isinstance(value, str):
+        canonical = value
+    else:
+        import sympy
+
+        try:
+            canonical = str(sympy.latex(value))
+        except Exception:  # sympy's printers fail on some degenerate trees
+            canonical = str(value)
+    return str(written), canonical, right
+
+
+def score_response(
+    response: str, reference: str, rule: GoldRule = "latex", *, timeout_seconds: float = 10.0
+) -> Score:
+    """Whether ``response`` states ``reference`` as its final answer (see the module docstring).
+
+    ``timeout_seconds`` bounds parsing and checking together; a response that runs past it is wrong.
+    """
+    boxed = last_boxed(response) is not None
+    try:
+        answer, canonical, right = call_with_time_limit(_score, (response, reference, rule), timeout_seconds)
+    except TimeoutException:
+        logger.warning("scoring timed out after %s s: %.100r", timeout_seconds, response[-100:])
+        return Score(None, None, False, boxed)
+    return Score(answer, canonical, right, boxed)
 
 
 def same_answer(a: str, b: str, *, timeout_seconds: float = 5.0) -> bool:
-    """Whether two canonical answers of responses are equal (for majority voting)."""
+    """Whether two responses' canonical answers are equal (for majority voting)."""
     return answers_equivalent(a, b, timeout_seconds=timeout_seconds)

@@ -1,14 +1,20 @@
 """The OpenSIR method as pure, typed functions (DESIGN.md §1).
 
-prompts (what the policy is asked), parsing (what it wrote), answers (first ``\\boxed{}`` and the
+prompts (what the policy is asked), parsing (what it wrote), answers (what math-verify reads and the
 majority vote), rewards (every term and its weighted total), selection (which groups are trained),
 pool (problems and embeddings, persisted in shards), round (one round, scored), bootstrap (the
 optional in-band initial pool). Nothing here samples from a model or touches a GPU.
 """
 
-from opensir.selfplay.answers import Vote, extract_answer, majority_vote
+from opensir.selfplay.answers import Answer, Vote, majority_vote, read_answer
 from opensir.selfplay.bootstrap import BootstrapProblem, BootstrapResult, BootstrapState, bootstrap_pool
-from opensir.selfplay.parsing import TeacherOutput, has_final_answer_line, parse_teacher, teacher_format_ok
+from opensir.selfplay.parsing import (
+    TeacherOutput,
+    has_final_answer_line,
+    parse_teacher,
+    parse_teacher_completion,
+    teacher_format_ok,
+)
 from opensir.selfplay.pool import NewProblem, PoolProblem, ProblemPool
 from opensir.selfplay.prompts import completion_loss_mask, render_prompt, student_messages, teacher_messages
 from opensir.selfplay.rewards import (
@@ -24,6 +30,7 @@ from opensir.selfplay.round import RoundResult, RoundStats, score_round
 from opensir.selfplay.selection import select_student_problems, select_teacher_groups
 
 __all__ = [
+    "Answer",
     "BootstrapProblem",
     "BootstrapResult",
     "BootstrapState",
@@ -39,11 +46,12 @@ __all__ = [
     "bootstrap_pool",
     "completion_loss_mask",
     "diversity_reward",
-    "extract_answer",
     "has_final_answer_line",
     "length_reward",
     "majority_vote",
     "parse_teacher",
+    "parse_teacher_completion",
+    "read_answer",
     "render_prompt",
     "score_round",
     "select_student_problems",

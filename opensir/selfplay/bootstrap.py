@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from opensir.engines.base import Embedder, Generator, SamplingParams
-from opensir.selfplay.answers import extract_answer, majority_vote
-from opensir.selfplay.parsing import parse_teacher
+from opensir.selfplay.answers import vote_on_completions
+from opensir.selfplay.parsing import parse_teacher_completion
 from opensir.selfplay.pool import NewProblem, ProblemPool
 from opensir.selfplay.prompts import render_prompt, student_messages, teacher_messages
 from opensir.selfplay.rewards import in_band
@@ -122,7 +122,10 @@ def _run_round(
     rng = np.random.default_rng([seed, state.rounds])
     references = [*seed_problems, *(p.text for p in state.accepted)]
     picks = rng.integers(0, len(references), size=prompts_per_round)
-    prompts = [render_prompt(tokenizer, teacher_messages(references[i]), chat_template) for i in picks]
+    prompts = [
+        render_prompt(tokenizer, teacher_messages(references[i], config.prompts), chat_template)
+        for i in picks
+    ]
     round_seed = int(rng.integers(0, 2**31 - 1))
     teacher_out = generator.generate(
         prompts, 1, SamplingParams.from_spec(config.teacher.sampling, round_seed)
@@ -131,12 +134,7 @@ def _run_round(
     candidates = []
     for completions in teacher_out:
         for completion in completions:
-            parsed = parse_teacher(
-                completion.text,
-                max_concepts=config.teacher.max_concepts,
-                min_problem_chars=config.teacher.min_problem_chars,
-                min_concept_chars=config.teacher.min_concept_chars,
-            )
+            parsed = parse_teacher_completion(completion.text, config.teacher)
             if not parsed.legal or parsed.problem is None:
                 rejected["illegal"] = rejected.get("illegal", 0) + 1
             elif contains_xml_tag(parsed.problem):  # filtered before answering, as the reference does
@@ -147,24 +145,16 @@ def _run_round(
     seen = {p.text for p in accepted}
     if candidates:
         student_prompts = [
-            render_prompt(tokenizer, student_messages(c.problem or ""), chat_template) for c in candidates
+            render_prompt(tokenizer, student_messages(c.problem or "", config.prompts), chat_template)
+            for c in candidates
         ]
         answers_out = student_generator.generate(
             student_prompts,
             config.student.samples,
             SamplingParams.from_spec(config.student.sampling, round_seed + 1),
         )
-        student = config.student
         for candidate, completions in zip(candidates, answers_out, strict=True):
-            answers = [
-                extract_answer(c.text, timeout_seconds=student.voting_timeout_seconds) for c in completions
-            ]
-            vote = majority_vote(
-                answers,
-                mode=student.voting,
-                over=student.solve_rate_over,
-                timeout_seconds=student.voting_timeout_seconds,
-            )
+            _, vote = vote_on_completions([c.text for c in completions], config.student)
             text = candidate.problem or ""
             reason = _verdict(text, vote.answer, vote.solve_rate, config)
             if not reason and text in seen:

@@ -1,23 +1,33 @@
 """Reading what the policy wrote: the teacher's problem block and the student's final-answer line.
 
 A teacher completion is *legal* (DESIGN.md §1) when it has a ``<problem>`` block of at least
-``min_problem_chars`` characters that is not a template placeholder, and a one-line ``<concepts>``
-block with at most ``max_concepts`` comma-separated concepts of which at least one has
-``min_concept_chars`` characters. Only legal problems are answered, rewarded beyond zero and
-appended to the pool, so the rules here decide what the whole run learns from.
+``min_problem_chars`` characters that is not exactly ``...``, and a one-line ``<concepts>`` block
+with at most ``max_concepts`` comma-separated concepts of which at least one has
+``min_concept_chars`` characters: the reference's rules, to the letter. ``reject_placeholders``
+(off by default) also refuses problems and concepts that copy a placeholder. Only legal problems are
+answered, rewarded beyond zero and appended to the pool, so the rules here decide what the whole run
+learns from.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Literal
+
+from opensir.spec import TeacherSpec
 
 _FLAGS = re.DOTALL | re.IGNORECASE
 _PROBLEM = re.compile(r"<problem>\s*(.*?)\s*</problem>", _FLAGS)
 _CONCEPTS = re.compile(r"<concepts>\s*(.*?)\s*</concepts>", _FLAGS)
 _THINK = re.compile(r"<think>\s*(.*?)\s*</think>", _FLAGS)
-# The student prompt asks for exactly this closing line; the format reward checks that it is there.
-_FINAL_ANSWER_LINE = re.compile(r"Therefore,?\s*the\s+final\s+answer\s+is:?\s*\$?\s*\\boxed\s*\{.+\}\s*\$?")
+# The student prompt asks for exactly this closing line; the format reward checks that it is there:
+# the reference's expression (one line, ``.`` does not cross newlines), and a tolerant one.
+_FINAL_ANSWER_LINE = {
+    "reference": re.compile(r"Therefore, the final answer is: \$\\boxed\{(.+)\}\$"),
+    "tolerant": re.compile(r"Therefore,?\s*the\s+final\s+answer\s+is:?\s*\$?\s*\\boxed\s*\{.+\}\s*\$?"),
+}
+FormatRule = Literal["reference", "tolerant"]
 
 # Problems that merely echo the prompt's template instead of posing a problem.
 TEMPLATE_PROBLEM = "the full statement of your new problem"
@@ -70,12 +80,17 @@ def _is_placeholder(problem: str) -> bool:
     return problem.strip() in _PLACEHOLDERS or normalised in _PLACEHOLDERS or normalised == ""
 
 
+_REFERENCE_PLACEHOLDER = "..."
+"""The one placeholder problem the reference refuses (compared after stripping whitespace)."""
+
+
 def parse_teacher(
     text: str,
     *,
     max_concepts: int = 3,
     min_problem_chars: int = 10,
     min_concept_chars: int = 10,
+    reject_placeholders: bool = False,
 ) -> TeacherOutput:
     """Parse a teacher completion and decide whether it is legal.
 
@@ -92,7 +107,9 @@ def parse_teacher(
     if problem_match is None:
         return illegal("no <problem>…</problem> block")
     problem = problem_match.group(1).strip()
-    if _is_placeholder(problem):
+    if not problem:
+        return illegal("the problem is empty")
+    if problem == _REFERENCE_PLACEHOLDER or (reject_placeholders and _is_placeholder(problem)):
         return illegal("the problem is a template placeholder")
     if len(problem) < min_problem_chars:
         return illegal(f"the problem has fewer than {min_problem_chars} characters")
@@ -108,10 +125,25 @@ def parse_teacher(
     items = [item.strip().lower() for item in raw.split(",")]
     if len(items) > max_concepts:
         return illegal(f"more than {max_concepts} concepts")
-    kept = tuple(item for item in items if len(item) >= min_concept_chars and item != TEMPLATE_CONCEPTS)
+    kept = tuple(
+        item
+        for item in items
+        if len(item) >= min_concept_chars and not (reject_placeholders and item == TEMPLATE_CONCEPTS)
+    )
     if not kept:
         return illegal(f"no concept has at least {min_concept_chars} characters")
     return TeacherOutput(problem, kept, has_think, True, span, "")
+
+
+def parse_teacher_completion(text: str, teacher: TeacherSpec) -> TeacherOutput:
+    """:func:`parse_teacher` with the limits and switches of the spec's teacher section."""
+    return parse_teacher(
+        text,
+        max_concepts=teacher.max_concepts,
+        min_problem_chars=teacher.min_problem_chars,
+        min_concept_chars=teacher.min_concept_chars,
+        reject_placeholders=teacher.reject_placeholders,
+    )
 
 
 def teacher_format_ok(output: TeacherOutput) -> bool:
@@ -119,6 +151,7 @@ def teacher_format_ok(output: TeacherOutput) -> bool:
     return output.legal and output.has_think
 
 
-def has_final_answer_line(text: str) -> bool:
-    """The student format reward's condition: the closing "Therefore, the final answer is: $\\boxed{…}$"."""
-    return _FINAL_ANSWER_LINE.search(text) is not None
+def has_final_answer_line(text: str, rule: FormatRule = "reference") -> bool:
+    """The student format reward's condition: the closing "Therefore, the final answer is: $\\boxed{…}$"
+    (exactly so by the reference's rule; with other punctuation and spacing by the tolerant one)."""
+    return _FINAL_ANSWER_LINE[rule].search(text) is not None

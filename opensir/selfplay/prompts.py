@@ -7,15 +7,37 @@ template, so that what is sampled and what is later trained on are exactly the s
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from opensir.selfplay.parsing import TEMPLATE_CONCEPTS, TEMPLATE_PROBLEM, concepts_span
 
 Messages = list[dict[str, str]]
+PromptStyle = Literal["reference", "explicit"]
 
-_SYSTEM = "You are a helpful assistant who reasons carefully about mathematics."
+# The reference implementation's instructions (the paper's prompts), word for word: what a faithful
+# run asks the policy. The student's is also the paper's evaluation prompt.
+_REFERENCE_TEACHER_SYSTEM = "You are a helpful AI Assistant"
+_REFERENCE_TEACHER = (
+    "You are given a math problem: {problem}\n\n"
+    "Your task is to create a math problem that is conceptually different from the provided problem. "
+    "The new problem must be answerable with a numerical value or mathematical expression.\n\n"
+    "First, explain how your new problem differs conceptually from the original problem inside the "
+    "<think>...</think> tags. Then, present your new problem inside the <problem>...</problem> tags. "
+    "Finally, identify at most three math concepts required to solve your problem. Provide these "
+    "concepts in a comma separated list inside the <concepts>...</concepts> tags."
+)
+_REFERENCE_STUDENT_SYSTEM = (
+    "You are a helpful AI Assistant, designed to provide well-reasoned and detailed responses. You "
+    "FIRST think about the reasoning process step by step and then provide the user with the answer. "
+    "The last line of your response should be 'Therefore, the final answer is: $\\boxed{ANSWER}$' "
+    "(without quotes) where ANSWER is just the final number or expression that solves the problem."
+)
 
-_TEACHER = """Here is a math problem for reference:
+# opensir's explicit wording (selfPlay.prompts: explicit): the format written out with placeholders,
+# which small models copy more reliably than a description of it.
+_EXPLICIT_SYSTEM = "You are a helpful assistant who reasons carefully about mathematics."
+
+_EXPLICIT_TEACHER = """Here is a math problem for reference:
 
 {problem}
 
@@ -28,32 +50,35 @@ Answer in exactly this format:
 <problem>{template_problem}</problem>
 <concepts>{template_concepts}</concepts>"""
 
-_STUDENT_SYSTEM = (
+_EXPLICIT_STUDENT_SYSTEM = (
     "You are a helpful assistant. Reason through the problem step by step, then end your reply "
     "with a line of the form 'Therefore, the final answer is: $\\boxed{ANSWER}$', where ANSWER "
     "is only the final number or expression."
 )
 
 
-def teacher_messages(reference_problem: str) -> Messages:
+def teacher_messages(reference_problem: str, style: PromptStyle = "reference") -> Messages:
     """Ask for a conceptually different problem, written as ``<think>``/``<problem>``/``<concepts>``."""
-    return [
-        {"role": "system", "content": _SYSTEM},
-        {
-            "role": "user",
-            "content": _TEACHER.format(
-                problem=reference_problem.strip(),
-                template_problem=TEMPLATE_PROBLEM,
-                template_concepts=TEMPLATE_CONCEPTS,
-            ),
-        },
-    ]
+    if style == "reference":
+        user = _REFERENCE_TEACHER.replace("{problem}", reference_problem)
+        return [{"role": "system", "content": _REFERENCE_TEACHER_SYSTEM}, {"role": "user", "content": user}]
+    user = _EXPLICIT_TEACHER.format(
+        problem=reference_problem.strip(),
+        template_problem=TEMPLATE_PROBLEM,
+        template_concepts=TEMPLATE_CONCEPTS,
+    )
+    return [{"role": "system", "content": _EXPLICIT_SYSTEM}, {"role": "user", "content": user}]
 
 
-def student_messages(problem: str) -> Messages:
+def student_messages(problem: str, style: PromptStyle = "reference") -> Messages:
     """Ask for step-by-step reasoning ending in a final-answer line with ``\\boxed{}``."""
+    if style == "reference":
+        return [
+            {"role": "system", "content": _REFERENCE_STUDENT_SYSTEM},
+            {"role": "user", "content": problem},
+        ]
     return [
-        {"role": "system", "content": _STUDENT_SYSTEM},
+        {"role": "system", "content": _EXPLICIT_STUDENT_SYSTEM},
         {"role": "user", "content": problem.strip()},
     ]
 

@@ -14,31 +14,30 @@ import numpy as np
 
 from opensir.spec import StudentRewardWeights, TeacherRewardWeights
 
-# Solve rates are ratios of small integers; a grid point on the band edge (4/8 for lower=0.5)
-# must count as inside even when it arrives with floating-point error.
-_EDGE_TOLERANCE = 1e-9
-
 NO_NEIGHBOUR_DIVERSITY = 0.5
 """Diversity of a candidate that has nothing to be compared with (empty pool, alone in its round):
 the value of a candidate orthogonal to everything, i.e. neither similar nor opposite."""
 
 
 def in_band(solve_rate: float, lower: float, upper: float) -> bool:
-    """Whether a solve rate lies in ``[lower, upper]``, edges included (with float tolerance)."""
-    return lower - _EDGE_TOLERANCE <= solve_rate <= upper + _EDGE_TOLERANCE
+    """Whether a solve rate lies in ``[lower, upper]``, edges included, compared exactly as the reference
+    compares them (a band edge written as ``0.1*3`` is not 3/10)."""
+    return lower <= solve_rate <= upper
 
 
 def band_edge_value(n: int, lower: float, upper: float) -> float:
     """y₂ = 1 / |{i/n : i = 1..n} ∩ [lower, upper]|: the solvability at the band's edges.
 
     With more achievable solve rates inside the band the edges are worth less, so the reward keeps
-    preferring the middle. When no i/n falls in the band (tiny n, narrow band) y₂ is 1: the
-    triangle degenerates to a flat top instead of dividing by zero.
+    preferring the middle. A band that holds no i/n has no value here (the reference divided by
+    zero); the spec refuses such a band (``selfPlay.solveRate``), and this raises for direct callers.
     """
     if n < 1:
         raise ValueError(f"n (student samples) must be at least 1, got {n}")
     inside = sum(1 for i in range(1, n + 1) if in_band(i / n, lower, upper))
-    return 1.0 / max(inside, 1)
+    if inside == 0:
+        raise ValueError(f"the band [{lower}, {upper}] contains no solve rate i/{n}")
+    return 1.0 / inside
 
 
 def solvability_reward(solve_rate: float, n: int, lower: float, upper: float) -> float:
@@ -54,7 +53,8 @@ def solvability_reward(solve_rate: float, n: int, lower: float, upper: float) ->
         return 0.0
     y2 = band_edge_value(n, lower, upper)
     midpoint = (lower + upper) / 2
-    distance = min(abs(solve_rate - midpoint) / (midpoint - lower), 1.0)
+    # The reference's arithmetic, operation for operation, so the rewards agree to the last bit.
+    distance = abs(solve_rate - midpoint) / (midpoint - lower)
     return float(1.0 - (1.0 - y2) * distance)
 
 

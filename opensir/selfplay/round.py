@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from opensir.selfplay.answers import Vote, extract_answer, majority_vote
+from opensir.selfplay.answers import Vote, vote_on_completions
 from opensir.selfplay.parsing import TeacherOutput, has_final_answer_line, teacher_format_ok
 from opensir.selfplay.rewards import (
     ZERO_TEACHER_REWARD,
@@ -144,17 +144,12 @@ def score_round(
     s_rewards: dict[Key, tuple[StudentReward, ...]] = {}
     for key in legal:
         texts = student_texts[key]
-        answers[key] = tuple(extract_answer(t, timeout_seconds=student.voting_timeout_seconds) for t in texts)
-        votes[key] = majority_vote(
-            answers[key],
-            mode=student.voting,
-            over=student.solve_rate_over,
-            timeout_seconds=student.voting_timeout_seconds,
-        )
+        read, votes[key] = vote_on_completions(texts, student)
+        answers[key] = tuple(None if a is None else a.text for a in read)
         s_rewards[key] = tuple(
             student_rewards(
                 agrees=votes[key].agrees,
-                format_ok=[has_final_answer_line(t) for t in texts],
+                format_ok=[has_final_answer_line(t, student.format_rule) for t in texts],
                 weights=weights.student,
             )
         )

@@ -60,7 +60,9 @@ def test_known_references_of_the_real_files():
     assert load_benchmark("aime24", data_dir())[0].answer == "204"
     assert load_benchmark("minerva_math", data_dir())[0].answer == "1.6"
     assert load_benchmark("olympiadbench", data_dir())[0].answer == "2"
-    assert load_benchmark("college_math", data_dir())[0].answer == "10-4 n"
+    assert (
+        load_benchmark("college_math", data_dir())[0].answer == "$10-4 n$"
+    )  # kept as written: the paper parses it as it stands
 
 
 def test_the_sample_is_seeded_stable_sorted_and_whole_when_small():

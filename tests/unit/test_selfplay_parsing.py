@@ -42,7 +42,6 @@ def test_short_concepts_are_dropped_but_one_long_suffices() -> None:
         ("no tags at all", "no <problem>"),
         ("<problem>2+2=?</problem><concepts>basic arithmetic</concepts>", "fewer than 10"),
         ("<problem>...</problem><concepts>basic arithmetic</concepts>", "placeholder"),
-        ("<problem>Your problem here</problem><concepts>basic arithmetic</concepts>", "placeholder"),
         ("<problem>What is 17 times 23 minus 4?</problem>", "no <concepts>"),
         ("<problem>What is 17 times 23 minus 4?</problem><concepts> </concepts>", "empty"),
         (
@@ -91,7 +90,7 @@ def test_concepts_span_reported_even_when_illegal() -> None:
     [
         ("... so 4.\nTherefore, the final answer is: $\\boxed{4}$", True),
         ("Therefore, the final answer is: $\\boxed{\\frac{1}{2}}$.", True),
-        ("Therefore the final answer is \\boxed{4}", True),
+        ("Therefore the final answer is \\boxed{4}", False),  # tolerated only by the tolerant rule
         ("The answer is \\boxed{4}.", False),
         ("Therefore, the final answer is: 4", False),
         ("Therefore, the final answer is: $\\boxed{}$", False),
@@ -101,19 +100,28 @@ def test_final_answer_line(text: str, ok: bool) -> None:
     assert has_final_answer_line(text) is ok
 
 
-def test_copying_the_prompts_own_placeholders_is_not_a_problem():
+def test_copying_the_explicit_prompts_placeholders_is_refused_when_asked():
     from opensir.selfplay import teacher_messages
     from opensir.selfplay.parsing import TEMPLATE_CONCEPTS, TEMPLATE_PROBLEM
 
-    prompt = teacher_messages("What is 1+1?")[-1]["content"]
+    prompt = teacher_messages("What is 1+1?", "explicit")[-1]["content"]
     assert TEMPLATE_PROBLEM in prompt and TEMPLATE_CONCEPTS in prompt
     copied = (
         f"<think>x</think><problem>{TEMPLATE_PROBLEM.capitalize()}.</problem>"
         "<concepts>algebraic identities</concepts>"
     )
-    assert parse_teacher(copied).reason == "the problem is a template placeholder"
+    assert parse_teacher(copied).legal  # the reference refuses only "..."
+    refused = parse_teacher(copied, reject_placeholders=True)
+    assert refused.reason == "the problem is a template placeholder"
+    assert not parse_teacher(
+        "<problem>Your problem here</problem>" + CONCEPTS, reject_placeholders=True
+    ).legal
     concepts = (
         "<problem>What is the sum of the first ten odd numbers?</problem>"
         f"<concepts>{TEMPLATE_CONCEPTS}</concepts>"
     )
-    assert not parse_teacher(concepts).legal
+    assert parse_teacher(concepts).legal
+    assert not parse_teacher(concepts, reject_placeholders=True).legal
+
+
+CONCEPTS = "<concepts>basic arithmetic</concepts>"
