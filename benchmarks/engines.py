@@ -41,10 +41,8 @@ from pathlib import Path
 
 import torch
 
-from opensir.engines.base import Generator, SamplingParams
 from opensir.engines.hf import HFGenerator
 from opensir.engines.http import HTTPGenerator
-from opensir.engines.models import eos_token_ids, load_causal_lm, load_tokenizer, resolve_model
 from opensir.engines.server_sync import (
     BroadcastWeightSync,
     LoRAWeightSync,
@@ -54,6 +52,8 @@ from opensir.engines.server_sync import (
 )
 from opensir.engines.vllm_server import start_local_server, vllm_python
 from opensir.engines.weight_sync import InProcessWeightSync
+from opensir.models import eos_token_ids, load_causal_lm, load_tokenizer, resolve_model
+from opensir.seams import Generator, SamplingParams
 from opensir.selfplay.prompts import render_prompt, student_messages, teacher_messages
 from opensir.spec import ModelSpec, StorageSpec
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
-from opensir.engines.base import SamplingParams
 from opensir.engines.vllm_local import VLLMGenerator, VLLMWeightSync
+from opensir.seams import SamplingParams
 
 
 @dataclass

@@ -37,7 +37,7 @@ BETA = 1e-4
 
 def make_batch(args: argparse.Namespace, vocab: int):
     """The fixed batch: ragged prompts and completions of both roles, some tokens out of the loss."""
-    from opensir.rl.batch import TrainBatch, TrainSequence
+    from opensir.seams import TrainBatch, TrainSequence
 
     g = torch.Generator().manual_seed(0)
     sequences = []
@@ -60,7 +60,7 @@ def make_batch(args: argparse.Namespace, vocab: int):
 
 
 def run_opensir(args: argparse.Namespace) -> dict[str, object]:
-    from opensir.engines.models import load_causal_lm
+    from opensir.models import load_causal_lm
     from opensir.rl.trainer import TorchTrainer, frozen_copy
     from opensir.spec import ModelSpec, TrainingSpec
 
@@ -84,7 +84,7 @@ def run_trl(args: argparse.Namespace) -> dict[str, object]:
     from transformers import AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
-    from opensir.engines.models import resolve_model
+    from opensir.models import resolve_model
 
     path = str(resolve_model(MODEL))
     tokenizer = AutoTokenizer.from_pretrained(path)

@@ -27,12 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from opensir.errors import OpensirError
+from opensir.layout import CHECKPOINTS, MANIFEST, checkpoint_prefix, step_of
 from opensir.storage import ArtifactStore, sha256_file
 
 log = logging.getLogger(__name__)
 
-CHECKPOINTS = "checkpoints"
-MANIFEST = "manifest.json"
 FORMAT_VERSION = 2
 """2 added ``shared``; format 1 manifests read as having no shared objects."""
 
@@ -97,10 +96,6 @@ class Checkpoint:
             extra=dict(raw.get("extra", {})),
             shared=tuple(FileEntry(**f) for f in raw.get("shared", [])),
         )
-
-
-def checkpoint_prefix(step: int) -> str:
-    return f"{CHECKPOINTS}/step-{step:06d}"
 
 
 def commit_checkpoint(
@@ -226,7 +221,7 @@ def prune_checkpoints(store: ArtifactStore, keep_last: int | None, keep_every: i
     committed_prefixes = {c.prefix for c in committed}
     for key in store.list(CHECKPOINTS):
         prefix = "/".join(key.split("/")[:2])
-        step = _step_of(prefix)
+        step = step_of(prefix)
         if prefix not in committed_prefixes and step is not None and step < newest:
             store.delete(prefix)
             committed_prefixes.add(prefix)  # once per directory
@@ -238,9 +233,3 @@ def prune_checkpoints(store: ArtifactStore, keep_last: int | None, keep_every: i
     if removed:
         log.info("retention removed checkpoints at steps %s from %s", removed, store.uri)
     return removed
-
-
-def _step_of(prefix: str) -> int | None:
-    name = prefix.rsplit("/", 1)[-1]
-    digits = name.removeprefix("step-")
-    return int(digits) if name.startswith("step-") and digits.isdigit() else None

@@ -586,6 +586,28 @@ class SelfPlayRunSpec(_Model):
     backoff_limit: int = Field(default=3, ge=0)
     """Restarts of the training Job from its last checkpoint before the run is Failed."""
 
+    @model_validator(mode="after")
+    def _engines_fit_together(self) -> SelfPlayRunSpec:
+        # Rules that hold on a cluster too, where the operator makes rollout.engine server. What only a
+        # local run refuses (broadcast to an in-process vLLM) is refused when the engines are built.
+        sync, engine = self.rollout.weight_sync, self.rollout.engine
+        if sync == "inprocess" and engine != "hf":
+            raise SpecRuleError(
+                "rollout.weightSync", sync, f"needs rollout.engine hf (engine is {engine}); use store or auto"
+            )
+        if sync == "lora" and not self.training.lora.enabled:
+            raise SpecRuleError("rollout.weightSync", sync, "needs training.lora.enabled")
+        if self.training.engine == "deepspeed" and self.training.deepspeed.stage == 3:
+            # Every generator samples from the trainer's whole weights after each step (in place, or
+            # pushed to servers), and ZeRO-3 leaves each process only a shard of them.
+            raise SpecRuleError(
+                "training.deepspeed.stage",
+                3,
+                "partitions the policy's weights, which self-play samples whole after every step; use "
+                "stage 2 (offloadOptimizer moves the optimizer state to the CPU)",
+            )
+        return self
+
     def weight_sync_kind(self) -> Literal["inprocess", "store", "lora", "broadcast"]:
         """``rollout.weightSync`` with ``auto`` resolved: inprocess for the hf engine; otherwise lora
         when training LoRA adapters, else store for in-process vLLM (loaded in place) and broadcast

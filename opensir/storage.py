@@ -6,11 +6,16 @@ torn file. Multi-object commits (checkpoints, pool shards) build on that by writ
 last (:mod:`opensir.checkpoint`).
 
 Two backends behind :class:`ArtifactStore`: :class:`LocalStore` (a directory; temporary name, fsync,
-rename) and :class:`S3Store` (S3-compatible storage through the ``minio`` client, the ``s3`` extra:
-``s3://bucket/prefix`` holds a run under ``<prefix>/<namespace>/<run>/``). S3 requests are retried
-on transient failures only (:func:`is_transient`, :class:`RetryPolicy`); every failure that reaches
-the caller is a :class:`StorageError` naming bucket, key and cause. Credentials come from the
-environment or a mounted Secret (:func:`s3_credentials`), never from the spec.
+rename: :mod:`opensir.files`) and :class:`S3Store` (S3-compatible storage through the ``minio``
+client, the ``s3`` extra: ``s3://bucket/prefix`` holds a run under ``<prefix>/<namespace>/<run>/``).
+S3 requests are retried on transient failures only (:func:`is_transient`, with
+:class:`~opensir.retry.RetryPolicy`); every failure that reaches the caller is a
+:class:`StorageError` naming bucket, key and cause. Credentials come from the environment or a
+mounted Secret (:func:`s3_credentials`), never from the spec.
+
+One function maps a URI to its backend: :func:`open_store_uri` opens a run's store from the run's
+own URI (what :attr:`ArtifactStore.uri` reports); :func:`open_store` (a run of a spec), the rollout
+servers (:mod:`opensir.engines.vllm_worker`) and the CLI go through it.
 """
 
 from __future__ import annotations
@@ -19,21 +24,22 @@ import hashlib
 import io
 import logging
 import os
-import random
 import shutil
-import tempfile
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, TypedDict, TypeVar, runtime_checkable
 from urllib.parse import urlsplit
 
 from opensir.errors import OpensirError
-from opensir.spec import StorageSpec
+from opensir.files import TEMPORARY_SUFFIX, copy_atomic, write_atomic
+from opensir.retry import RetriesExhaustedError, RetryPolicy, call_with_retries
 
 if TYPE_CHECKING:
     from minio import Minio
+
+    # Only for annotations: the rollout servers open stores through this module without the spec.
+    from opensir.spec import StorageSpec
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -110,32 +116,14 @@ class LocalStore:
     def put_bytes(self, key: str, data: bytes) -> None:
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
-        # A unique temporary name in the same directory, fsynced, then renamed: the object appears
-        # whole or not at all, even when the process is killed mid-write.
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        # The object appears whole or not at all, even when the process is killed mid-write. Private
+        # to the user, as the store's objects have always been.
+        write_atomic(target, data, mode=_OBJECT_MODE)
 
     def put_file(self, key: str, path: Path) -> None:
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle, open(path, "rb") as source:
-                shutil.copyfileobj(source, handle, length=8 << 20)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        copy_atomic(path, target, mode=_OBJECT_MODE)
 
     def get_bytes(self, key: str) -> bytes:
         try:
@@ -157,7 +145,7 @@ class LocalStore:
         keys = [
             p.relative_to(self.root).as_posix()
             for p in base.rglob("*")
-            if p.is_file() and not p.name.endswith(".tmp")
+            if p.is_file() and not p.name.endswith(TEMPORARY_SUFFIX)
         ]
         return sorted(keys)
 
@@ -170,6 +158,10 @@ class LocalStore:
             shutil.rmtree(target)
         else:
             target.unlink(missing_ok=True)
+
+
+_OBJECT_MODE = 0o600
+"""Permission bits (before the umask) of a local store's objects."""
 
 
 # ------------------------------------------------------------------------------------------- S3
@@ -188,30 +180,6 @@ TRANSIENT_S3_CODES = frozenset(
 )
 """S3 error codes that say "the server could not do it now", not "the request is wrong". Every other code
 (AccessDenied, NoSuchBucket, InvalidAccessKeyId, ...) is permanent: repeating the request cannot help."""
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Bounded retries of transient failures with exponential backoff and full jitter.
-
-    After failed attempt ``i`` (from 0) the store waits ``uniform(0, min(max_delay, base_delay * 2**i))``:
-    full jitter keeps the pods that lost the same endpoint from coming back in lockstep. ``sleep`` and
-    ``random`` are seams for tests, which record the waits instead of taking them.
-    """
-
-    attempts: int = 5
-    base_delay: float = 0.5
-    max_delay: float = 30.0
-    sleep: Callable[[float], None] = time.sleep
-    random: Callable[[], float] = random.random
-
-    def __post_init__(self) -> None:
-        if self.attempts < 1:
-            raise ValueError(f"attempts must be at least 1, got {self.attempts}")
-
-    def delay(self, attempt: int) -> float:
-        """Seconds to wait after failed attempt ``attempt`` (0-based)."""
-        return self.random() * min(self.max_delay, self.base_delay * 2**attempt)
 
 
 def is_transient(error: BaseException) -> bool:
@@ -294,7 +262,8 @@ class S3Store:
     object, and an interrupted multipart upload never becomes visible (a bucket lifecycle rule
     ``AbortIncompleteMultipartUpload`` reclaims its parts). So writes need no temporary names. Files
     larger than ``part_size`` stream in parts, ``parallel_uploads`` at a time, without being read into
-    memory. Every request goes through :attr:`retry`; see :func:`is_transient` for what is retried.
+    memory. Every request goes through :attr:`retry` (default: 5 attempts, full jitter from 0.5 s
+    doubling up to 30 s); see :func:`is_transient` for what is retried.
     """
 
     def __init__(
@@ -331,31 +300,23 @@ class S3Store:
         from minio.error import S3Error
 
         where = f"s3://{self.bucket}/{self._object(key)}"
-        for attempt in range(self.retry.attempts):
-            try:
-                return request()
-            except Exception as error:  # classified right here: not-found, transient or permanent
-                if isinstance(error, S3Error) and error.code in ("NoSuchKey", "NotFound"):
-                    raise ArtifactNotFoundError(f"{where} does not exist") from error
-                if not is_transient(error):
-                    raise StorageError(f"S3 {action} {where} failed: {_describe(error)}") from error
-                if attempt + 1 == self.retry.attempts:
-                    raise StorageError(
-                        f"S3 {action} {where} failed after {self.retry.attempts} attempts; last error: "
-                        f"{_describe(error)}"
-                    ) from error
-                delay = self.retry.delay(attempt)
-                log.warning(
-                    "%s %s: %s; retrying in %.2fs (attempt %d of %d)",
-                    action,
-                    where,
-                    _describe(error),
-                    delay,
-                    attempt + 2,
-                    self.retry.attempts,
-                )
-                self.retry.sleep(delay)
-        raise AssertionError("unreachable: the last attempt returns or raises")
+        try:
+            return call_with_retries(
+                request,
+                policy=self.retry,
+                transient=is_transient,
+                what=f"{action} {where}",
+                explain=_describe,
+                logger=log,
+            )
+        except RetriesExhaustedError as failure:
+            raise StorageError(
+                f"S3 {action} {where} failed after {failure.attempts} attempts; last error: {failure.cause}"
+            ) from failure.last_error
+        except Exception as error:  # permanent: the retries pass it on unchanged, to be named here
+            if isinstance(error, S3Error) and error.code in ("NoSuchKey", "NotFound"):
+                raise ArtifactNotFoundError(f"{where} does not exist") from error
+            raise StorageError(f"S3 {action} {where} failed: {_describe(error)}") from error
 
     def put_bytes(self, key: str, data: bytes) -> None:
         name = self._object(key)
@@ -441,7 +402,7 @@ class S3Store:
             raise StorageError(f"delete under s3://{self.bucket}/{self._object(prefix)} failed: {shown}")
 
 
-def _describe(error: BaseException) -> str:
+def _describe(error: Exception) -> str:
     from minio.error import S3Error
 
     if isinstance(error, S3Error):
@@ -449,35 +410,130 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
+class StoreURIError(OpensirError, ValueError):
+    """A URI that names no store: an unknown scheme, or an S3 URI without a bucket (or, for a run's
+    store, without its namespace and run)."""
+
+
 def parse_s3_uri(uri: str) -> tuple[str, str]:
     """``s3://bucket/some/prefix`` → ``("bucket", "some/prefix")``."""
     parsed = urlsplit(uri)
     if parsed.scheme != "s3" or not parsed.netloc:
-        raise ValueError(f"storage.uri {uri!r} must look like s3://BUCKET or s3://BUCKET/PREFIX")
+        raise StoreURIError(f"storage.uri {uri!r} must look like s3://BUCKET or s3://BUCKET/PREFIX")
     return parsed.netloc, parsed.path.strip("/")
 
 
-def _endpoint(storage: StorageSpec) -> tuple[str, bool]:
+class StoreOptions(TypedDict, total=False):
+    """How to reach an S3 store beyond its URI: the connection settings of a spec's ``storage``
+    section, as the keyword arguments of :func:`open_store_uri`. Plain JSON values, so that the
+    trainer can hand them to the rollout servers."""
+
+    endpoint: str | None
+    region: str | None
+    secure: bool
+    part_size_mib: int
+    request_attempts: int
+
+
+def store_options(storage: StorageSpec) -> StoreOptions:
+    """The connection settings of the ``storage`` section (see :class:`StoreOptions`)."""
+    return StoreOptions(
+        endpoint=storage.endpoint,
+        region=storage.region,
+        secure=storage.secure,
+        part_size_mib=storage.part_size_mib,
+        request_attempts=storage.request_attempts,
+    )
+
+
+def run_uri(root: str, namespace: str, run_name: str) -> str:
+    """The URI of run ``namespace/run_name`` under the storage root ``root`` (a spec's ``storage.uri``):
+    ``<root>/<namespace>/<run_name>``."""
+    return f"{root}{'' if root.endswith('/') else '/'}{namespace}/{run_name}"
+
+
+def open_store_uri(
+    uri: str,
+    *,
+    endpoint: str | None = None,
+    region: str | None = None,
+    secure: bool = True,
+    part_size_mib: int = 64,
+    request_attempts: int = 5,
+) -> ArtifactStore:
+    """The store of one run from the run's URI, as :attr:`ArtifactStore.uri` reports it.
+
+    - A directory, or ``file://DIR``: a :class:`LocalStore` there (created when missing).
+    - ``s3://BUCKET[/PREFIX]/NAMESPACE/RUN``: an :class:`S3Store` (needs ``opensir[s3]``) on
+      ``endpoint`` (``HOST:PORT`` or ``http(s)://HOST:PORT``, whose scheme then decides TLS instead of
+      ``secure``; None is AWS) in ``region`` (None asks the server), uploading files larger than
+      ``part_size_mib`` MiB in parts of that size and making ``request_attempts`` attempts per
+      request. Credentials come from the environment (:func:`s3_credentials`), never from here.
+
+    The defaults are those of the spec's ``storage`` section; :func:`store_options` gives a spec's
+    settings. Opening contacts nothing: an unreachable endpoint or a missing bucket shows on the
+    first request, as a :class:`StorageError` that names the bucket and key. Another scheme, or an S3
+    URI without bucket, namespace and run, raises :class:`StoreURIError`.
+    """
+    scheme, separator, rest = uri.partition("://")
+    if not separator:
+        return LocalStore(Path(uri))
+    if scheme == "file":
+        return LocalStore(Path(rest))
+    if scheme == "s3":
+        bucket, path = parse_s3_uri(uri)
+        parts = [part for part in path.split("/") if part]
+        if len(parts) < 2:
+            raise StoreURIError(f"{uri}: an S3 run URI looks like s3://BUCKET[/PREFIX]/NAMESPACE/RUN")
+        return _open_s3_store(
+            uri,
+            bucket,
+            "/".join(parts),
+            endpoint=endpoint,
+            region=region,
+            secure=secure,
+            part_size=part_size_mib << 20,
+            attempts=request_attempts,
+        )
+    raise StoreURIError(f"store URI {uri!r} must be a directory, file://DIR or s3://BUCKET/...")
+
+
+def open_store(storage: StorageSpec, namespace: str, run_name: str) -> ArtifactStore:
+    """The store of run ``namespace/run_name`` as the spec's ``storage`` section describes it
+    (:func:`open_store_uri` of :func:`run_uri`)."""
+    return open_store_uri(run_uri(storage.uri, namespace, run_name), **store_options(storage))
+
+
+def _endpoint(endpoint: str | None, secure: bool) -> tuple[str, bool]:
     """Host:port and TLS of the S3 endpoint; a URL's scheme, when given, decides TLS."""
-    if storage.endpoint is None:
-        return "s3.amazonaws.com", storage.secure
-    parsed = urlsplit(storage.endpoint if "://" in storage.endpoint else f"//{storage.endpoint}")
+    if endpoint is None:
+        return "s3.amazonaws.com", secure
+    parsed = urlsplit(endpoint if "://" in endpoint else f"//{endpoint}")
     if parsed.scheme not in ("", "http", "https") or parsed.path.strip("/") or not parsed.netloc:
-        raise ValueError(f"storage.endpoint {storage.endpoint!r} must be HOST:PORT or http(s)://HOST:PORT")
-    return parsed.netloc, storage.secure if not parsed.scheme else parsed.scheme == "https"
+        raise ValueError(f"storage.endpoint {endpoint!r} must be HOST:PORT or http(s)://HOST:PORT")
+    return parsed.netloc, secure if not parsed.scheme else parsed.scheme == "https"
 
 
-def _open_s3_store(storage: StorageSpec, namespace: str, run_name: str) -> S3Store:
+def _open_s3_store(
+    uri: str,
+    bucket: str,
+    prefix: str,
+    *,
+    endpoint: str | None,
+    region: str | None,
+    secure: bool,
+    part_size: int,
+    attempts: int,
+) -> S3Store:
     try:
         import certifi
         import urllib3
         from minio import Minio
     except ImportError as error:
         raise StorageError(
-            f"storage.uri {storage.uri!r} needs the S3 client: pip install 'opensir[s3]' ({error})"
+            f"store {uri!r} needs the S3 client: pip install 'opensir[s3]' ({error})"
         ) from error
-    bucket, prefix = parse_s3_uri(storage.uri)
-    endpoint, secure = _endpoint(storage)
+    host, tls = _endpoint(endpoint, secure)
     credentials = s3_credentials()
     if credentials is None:
         log.info("no S3 credentials in the environment or $%s: requests go unsigned", CREDENTIALS_DIR_ENV)
@@ -491,35 +547,15 @@ def _open_s3_store(storage: StorageSpec, namespace: str, run_name: str) -> S3Sto
         retries=False,
     )
     client = Minio(
-        endpoint,
+        host,
         access_key=credentials.access_key if credentials else None,
         secret_key=credentials.secret_key if credentials else None,
         session_token=credentials.session_token if credentials else None,
-        secure=secure,
-        region=storage.region,
+        secure=tls,
+        region=region,
         http_client=http,
     )
-    run_prefix = "/".join(part for part in (prefix, namespace, run_name) if part)
-    return S3Store(
-        client,
-        bucket,
-        run_prefix,
-        part_size=storage.part_size_mib << 20,
-        retry=RetryPolicy(attempts=storage.request_attempts),
-    )
-
-
-def open_store(storage: StorageSpec, namespace: str, run_name: str) -> ArtifactStore:
-    """The store of run ``namespace/run_name`` as the spec's ``storage`` section describes it.
-
-    Opening contacts nothing: an unreachable endpoint or a missing bucket shows on the first request,
-    as a :class:`StorageError` that names the bucket and key.
-    """
-    if storage.uri.startswith("file://"):
-        return LocalStore(Path(storage.uri.removeprefix("file://")) / namespace / run_name)
-    if storage.uri.startswith("s3://"):
-        return _open_s3_store(storage, namespace, run_name)
-    raise ValueError(f"storage.uri {storage.uri!r} must start with file:// or s3://")
+    return S3Store(client, bucket, prefix, part_size=part_size, retry=RetryPolicy(attempts=attempts))
 
 
 def sha256_file(path: Path) -> str:

@@ -17,11 +17,13 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import kopf
 from opensir_operator import names
+from opensir_operator.children import CHILDREN, ChildKey, ChildRow, Resource, watched
+from opensir_operator.config import OperatorConfig
 from opensir_operator.kube import Kube, api_client
 from opensir_operator.metrics import METRICS, PORT_ENV
 from opensir_operator.observe import (
@@ -29,11 +31,11 @@ from opensir_operator.observe import (
     ProgressReading,
     child_run,
     delete_artifacts,
-    read_progress,
+    read_run_progress,
     summarize,
 )
 from opensir_operator.reconcile import Expectations, RunObject, accept, cleanup, decide, execute
-from opensir_operator.settings import NETWORK_POLICIES, OperatorConfig, configure
+from opensir_operator.settings import configure
 
 OURS = {names.PART_OF: names.PART_OF_VALUE}
 RunKey = tuple[str, str]
@@ -42,8 +44,8 @@ RunKey = tuple[str, str]
 @kopf.on.startup()
 def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
     """Settings, the API client and the wake-up registry, shared by all handlers through the memo."""
-    configure(settings)
     config = OperatorConfig.from_env()
+    configure(settings, config)
     memo.config = config
     memo.kube = Kube(api_client(config.workers))
     memo.executor = concurrent.futures.ThreadPoolExecutor(config.workers, thread_name_prefix="opensir")
@@ -63,6 +65,7 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 @kopf.on.cleanup()
 def shutdown(memo: kopf.Memo, **_: Any) -> None:
+    """Finish the blocking calls in flight and close the API client."""
     memo.executor.shutdown(wait=True, cancel_futures=True)
     memo.kube.api.close()
 
@@ -73,49 +76,45 @@ def runs_probe(memo: kopf.Memo, **_: Any) -> int:
     return len(memo.get("wakeups", {}))
 
 
-# ------------------------------------------------------------------------------------------ indices
-def _index(body: kopf.Body, labels: Mapping[str, str], namespace: str) -> dict[RunKey, Child] | None:
+# ------------------------------------------------------------------------------------------ children
+def _index(
+    body: kopf.Body, labels: Mapping[str, str], namespace: str, **_: Any
+) -> dict[RunKey, Child] | None:
+    """One child in its kind's index, under the run it belongs to."""
     run = child_run(labels)
     return None if run is None else {(namespace, run): summarize(body)}
 
 
-@kopf.index("", "v1", "configmaps", labels=OURS)
-def opensir_configmaps(body: kopf.Body, labels: kopf.Labels, namespace: str, **_: Any) -> Any:
-    return _index(body, labels, namespace)
+async def child_changed(labels: kopf.Labels, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+    """Wake the daemon of the run a child belongs to."""
+    _wake(memo, namespace, child_run(labels))
 
 
-@kopf.index("", "v1", "services", labels=OURS)
-def opensir_services(body: kopf.Body, labels: kopf.Labels, namespace: str, **_: Any) -> Any:
-    return _index(body, labels, namespace)
+def register_children(
+    config: OperatorConfig,
+    rows: Sequence[ChildRow] = CHILDREN,
+    registry: kopf.OperatorRegistry | None = None,
+) -> tuple[Resource, ...]:
+    """Watch every child resource this configuration builds: an index (the children the daemons read, with
+    no API call) and an event handler (which wakes the run's daemon). Returns the watched resources."""
+    resources = watched(config, rows)
+    for resource in resources:
+        where = (resource.group, resource.version, resource.plural)
+        kopf.index(*where, id=resource.index_id, labels=OURS, registry=registry)(_index)
+        kopf.on.event(*where, id=f"{resource.plural}_changed", labels=OURS, registry=registry)(child_changed)
+    return resources
 
 
-@kopf.index("apps", "v1", "deployments", labels=OURS)
-def opensir_deployments(body: kopf.Body, labels: kopf.Labels, namespace: str, **_: Any) -> Any:
-    return _index(body, labels, namespace)
+WATCHED = register_children(OperatorConfig.from_env())
+"""Read once at import, where kopf collects the handlers; the chart grants RBAC for exactly these."""
 
 
-@kopf.index("batch", "v1", "jobs", labels=OURS)
-def opensir_jobs(body: kopf.Body, labels: kopf.Labels, namespace: str, **_: Any) -> Any:
-    return _index(body, labels, namespace)
+def _indices(kwargs: Mapping[str, Any]) -> tuple[kopf.Index[RunKey, Child], ...]:
+    """The children's indices among a handler's arguments (kopf passes each under its id)."""
+    return tuple(kwargs[resource.index_id] for resource in WATCHED)
 
 
-if OperatorConfig.from_env().network_policy:  # watched only where the chart grants it (networkPolicy.enabled)
-
-    @kopf.index(*NETWORK_POLICIES, labels=OURS)
-    def opensir_networkpolicies(body: kopf.Body, labels: kopf.Labels, namespace: str, **_: Any) -> Any:
-        return _index(body, labels, namespace)
-
-    @kopf.on.event(*NETWORK_POLICIES, labels=OURS)
-    async def network_policy_changed(labels: kopf.Labels, namespace: str, memo: kopf.Memo, **_: Any) -> None:
-        _wake(memo, namespace, child_run(labels))
-
-
-def _optional_indices(kwargs: Mapping[str, Any]) -> tuple[kopf.Index[RunKey, Child], ...]:
-    """The indices of the children only some configurations have (network policies)."""
-    return tuple(kwargs[name] for name in ("opensir_networkpolicies",) if name in kwargs)
-
-
-def _children(key: RunKey, *indices: kopf.Index[RunKey, Child]) -> dict[tuple[str, str], Child]:
+def _children(key: RunKey, *indices: kopf.Index[RunKey, Child]) -> dict[ChildKey, Child]:
     """A snapshot (taken on the event loop) of one run's children, keyed by (kind, name)."""
     return {(child.kind, child.name): child for index in indices for child in index.get(key, [])}
 
@@ -129,15 +128,8 @@ def _wake(memo: kopf.Memo, namespace: str | None, run: str | None) -> None:
 
 @kopf.on.event(names.GROUP, names.VERSION, names.RUN_PLURAL)
 async def run_changed(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+    """Wake the run's daemon."""
     _wake(memo, namespace, name)
-
-
-@kopf.on.event("batch", "v1", "jobs", labels=OURS)
-@kopf.on.event("apps", "v1", "deployments", labels=OURS)
-@kopf.on.event("", "v1", "configmaps", labels=OURS)
-@kopf.on.event("", "v1", "services", labels=OURS)
-async def child_changed(labels: kopf.Labels, namespace: str, memo: kopf.Memo, **_: Any) -> None:
-    _wake(memo, namespace, child_run(labels))
 
 
 # ------------------------------------------------------------------------------------------ reconcile
@@ -146,11 +138,12 @@ CONSISTENCY_SECONDS = 5.0
 
 
 def _reconcile_once(
-    obj: RunObject, children: dict[tuple[str, str], Child], memo: kopf.Memo, logger: logging.Logger
+    obj: RunObject, children: dict[ChildKey, Child], memo: kopf.Memo, logger: logging.Logger
 ) -> Expectations:
+    """Observe the progress, decide and execute: one reconciliation (on a worker thread)."""
     with METRICS.reconciling(obj.namespace, obj.name, obj.status):
         acceptance = accept(obj)
-        reading = read_progress(acceptance.run) if acceptance.run is not None else ProgressReading()
+        reading = read_run_progress(acceptance.run) if acceptance.run is not None else ProgressReading()
         plan = decide(obj, acceptance, children, reading, time.time(), memo.config)
         for warning in plan.warnings:
             logger.warning(warning)
@@ -158,6 +151,7 @@ def _reconcile_once(
 
 
 async def _wait(wake: asyncio.Event, timeout: float) -> None:
+    """Until woken or ``timeout`` seconds have passed, whichever comes first."""
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(wake.wait(), timeout=timeout)
 
@@ -178,22 +172,12 @@ async def reconcile_run(
     namespace: str,
     memo: kopf.Memo,
     logger: logging.Logger,
-    opensir_configmaps: kopf.Index[RunKey, Child],
-    opensir_services: kopf.Index[RunKey, Child],
-    opensir_deployments: kopf.Index[RunKey, Child],
-    opensir_jobs: kopf.Index[RunKey, Child],
     **kwargs: Any,
 ) -> None:
     """The run's single writer: reconcile, let the watch streams show the writes, then sleep until
     something changes or the resync is due."""
     key = (namespace, name)
-    indices = (
-        opensir_configmaps,
-        opensir_services,
-        opensir_deployments,
-        opensir_jobs,
-        *_optional_indices(kwargs),
-    )
+    indices = _indices(kwargs)
     wake = asyncio.Event()
     memo.wakeups[key] = wake
     loop = asyncio.get_running_loop()
@@ -224,21 +208,10 @@ async def delete_run(
     namespace: str,
     memo: kopf.Memo,
     logger: logging.Logger,
-    opensir_configmaps: kopf.Index[RunKey, Child],
-    opensir_services: kopf.Index[RunKey, Child],
-    opensir_deployments: kopf.Index[RunKey, Child],
-    opensir_jobs: kopf.Index[RunKey, Child],
     **kwargs: Any,
 ) -> None:
     """Remove the children (kmock and clusters without GC need it) and, when asked, the artifacts."""
-    children = _children(
-        (namespace, name),
-        opensir_configmaps,
-        opensir_services,
-        opensir_deployments,
-        opensir_jobs,
-        *_optional_indices(kwargs),
-    )
+    children = _children((namespace, name), *_indices(kwargs))
     obj = RunObject.from_body(body)
     acceptance = accept(obj)
     loop = asyncio.get_running_loop()

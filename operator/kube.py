@@ -10,25 +10,20 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 from opensir_operator import names
+from opensir_operator.children import CHILDREN, ChildRow, Resource, resources
 
 log = logging.getLogger(__name__)
 
 USER_AGENT = "opensir-operator/0.1"
 
-PATHS = {
-    "ConfigMap": "/api/v1/namespaces/{namespace}/configmaps",
-    "Service": "/api/v1/namespaces/{namespace}/services",
-    "Deployment": "/apis/apps/v1/namespaces/{namespace}/deployments",
-    "Job": "/apis/batch/v1/namespaces/{namespace}/jobs",
-    "NetworkPolicy": "/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies",
-    names.RUN_KIND: f"/apis/{names.GROUP}/{names.VERSION}/namespaces/{{namespace}}/{names.RUN_PLURAL}",
-}
+RUN = Resource(names.RUN_KIND, names.GROUP, names.VERSION, names.RUN_PLURAL)
 MERGE_PATCH = "application/merge-patch+json"
 
 
@@ -47,10 +42,13 @@ def api_client(workers: int = 8) -> client.ApiClient:
 
 
 class Kube:
-    """Create, patch and delete children and patch SelfPlayRuns; idempotent where reconciliation needs."""
+    """Create, patch and delete children and patch SelfPlayRuns; idempotent where reconciliation needs.
 
-    def __init__(self, api: client.ApiClient) -> None:
+    The API path of a child comes from its kind's row in the table of children (``rows``)."""
+
+    def __init__(self, api: client.ApiClient, rows: Sequence[ChildRow] = CHILDREN) -> None:
         self.api = api
+        self.resources = {resource.kind: resource for resource in (*resources(rows), RUN)}
 
     def _call(
         self,
@@ -76,7 +74,7 @@ class Kube:
     def create(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
         """Create and return the object; None when it already exists (made by an earlier reconciliation
         whose result the watch has not shown yet, or by someone else)."""
-        path = PATHS[manifest["kind"]].format(namespace=manifest["metadata"]["namespace"])
+        path = self.resources[manifest["kind"]].collection_path(manifest["metadata"]["namespace"])
         try:
             return self._call("POST", path, manifest)
         except ApiException as error:
@@ -87,7 +85,7 @@ class Kube:
 
     def patch(self, kind: str, namespace: str, name: str, body: dict[str, Any]) -> bool:
         """Merge-patch; False when the object is gone (the next reconciliation recreates it)."""
-        path = PATHS[kind].format(namespace=namespace) + f"/{name}"
+        path = self.resources[kind].collection_path(namespace) + f"/{name}"
         try:
             self._call("PATCH", path, body, MERGE_PATCH)
         except ApiException as error:
@@ -98,7 +96,7 @@ class Kube:
 
     def delete(self, kind: str, namespace: str, name: str) -> bool:
         """Delete in the background (pods go with their owner); False when it was already gone."""
-        path = PATHS[kind].format(namespace=namespace) + f"/{name}"
+        path = self.resources[kind].collection_path(namespace) + f"/{name}"
         try:
             self._call("DELETE", path, {"propagationPolicy": "Background"})
         except ApiException as error:
@@ -108,10 +106,12 @@ class Kube:
         return True
 
     def patch_run(self, namespace: str, name: str, body: dict[str, Any]) -> bool:
+        """Merge-patch a SelfPlayRun's metadata or spec; False when it is gone."""
         return self.patch(names.RUN_KIND, namespace, name, body)
 
     def patch_run_status(self, namespace: str, name: str, status: dict[str, Any]) -> bool:
-        path = PATHS[names.RUN_KIND].format(namespace=namespace) + f"/{name}/status"
+        """Merge-patch a SelfPlayRun's status subresource (a serialised status); False when it is gone."""
+        path = RUN.collection_path(namespace) + f"/{name}/status"
         try:
             self._call("PATCH", path, {"status": status}, MERGE_PATCH)
         except ApiException as error:

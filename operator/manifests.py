@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from opensir_operator import names
 
-from opensir.engines.vllm_server import ServerConfig, server_args, server_env
+from opensir.serving import ServerConfig, server_args, server_env
 from opensir.spec import ComputeResources, SelfPlayRun, SelfPlayRunSpec, dump_run, parse_run
 
 Manifest = dict[str, Any]
@@ -57,14 +57,17 @@ class Target:
 
     @property
     def name(self) -> str:
+        """The run's name."""
         return self.run.metadata.name
 
     @property
     def namespace(self) -> str:
+        """The run's namespace, which its children share."""
         return self.run.metadata.namespace
 
 
 def make_target(run: SelfPlayRun, uid: str, default_image: str) -> Target:
+    """The builders' input: spec.cluster.image wins over the operator's default image."""
     return Target(run=run, uid=uid, image=run.spec.cluster.image or default_image)
 
 
@@ -78,7 +81,10 @@ def spec_hash(manifest: Manifest) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-def _metadata(t: Target, name: str, component: str, **annotations: str) -> Manifest:
+def child_metadata(t: Target, name: str, component: str, **annotations: str) -> Manifest:
+    """A child's metadata: its name in the run's namespace, the common labels (how the operator's watches
+    find it), an ownerReference to the run (the garbage collector removes it with the run) and
+    ``annotations``."""
     return {
         "name": name,
         "namespace": t.namespace,
@@ -97,7 +103,8 @@ def _metadata(t: Target, name: str, component: str, **annotations: str) -> Manif
     }
 
 
-def _finish(manifest: Manifest) -> Manifest:
+def finish(manifest: Manifest) -> Manifest:
+    """Stamp a built manifest with its hash: the last call of every builder."""
     manifest["metadata"]["annotations"][names.SPEC_HASH] = spec_hash(manifest)
     return manifest
 
@@ -215,6 +222,7 @@ def _http_probe(path: str, period: int, failures: int) -> Manifest:
 
 # ------------------------------------------------------------------------------------------ config
 def service_url(t: Target, service: str) -> str:
+    """The OpenAI-compatible base URL of one of the run's servers, inside the cluster."""
     return f"http://{service}.{t.namespace}.svc:{names.ROLLOUT_PORT}/v1"
 
 
@@ -224,6 +232,7 @@ def needs_rollout_server(t: Target) -> bool:
 
 
 def needs_embed_server(t: Target) -> bool:
+    """The run's own embedding server: only when the spec embeds through a server and names none."""
     embedding = t.run.spec.embedding
     return embedding.engine == "server" and embedding.url is None
 
@@ -249,12 +258,13 @@ def cluster_spec(t: Target) -> SelfPlayRunSpec:
 
 
 def config_map(t: Target) -> Manifest:
+    """The run's run.yaml (:func:`runner_document`), mounted by every pod that runs ``opensir``."""
     text = yaml.safe_dump(runner_document(t), sort_keys=False)
-    return _finish(
+    return finish(
         {
             "apiVersion": "v1",
             "kind": "ConfigMap",
-            "metadata": _metadata(t, names.config_name(t.name), "config"),
+            "metadata": child_metadata(t, names.config_name(t.name), "config"),
             "data": {names.CONFIG_KEY: text},
         }
     )
@@ -285,11 +295,11 @@ def _server_deployment(
     container["readinessProbe"] = _http_probe("/health", 10, 3)
     container["livenessProbe"] = _http_probe("/health", 30, 5)
     labels = names.common_labels(t.name, component)
-    return _finish(
+    return finish(
         {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
-            "metadata": _metadata(t, name, component),
+            "metadata": child_metadata(t, name, component),
             "spec": {
                 "replicas": replicas,
                 # GPU servers cannot surge: a rolling update would need a second set of GPUs.
@@ -307,7 +317,7 @@ def _server_deployment(
 def rollout_deployment(t: Target, replicas: int) -> Manifest:
     """vLLM's OpenAI server for the policy; the trainer pushes new weights to it (full or LoRA).
 
-    Its arguments and environment come from :mod:`opensir.engines.vllm_server`, which also defines
+    Its arguments and environment come from :mod:`opensir.serving`, which also defines
     the weight-update protocol the trainer's WeightSync speaks to it.
     """
     spec = t.run.spec
@@ -385,8 +395,8 @@ def _service(
         spec.update({"clusterIP": "None", "publishNotReadyAddresses": not_ready})
     else:
         spec["type"] = "ClusterIP"
-    return _finish(
-        {"apiVersion": "v1", "kind": "Service", "metadata": _metadata(t, name, component), "spec": spec}
+    return finish(
+        {"apiVersion": "v1", "kind": "Service", "metadata": child_metadata(t, name, component), "spec": spec}
     )
 
 
@@ -398,6 +408,7 @@ def rollout_service(t: Target) -> Manifest:
 
 
 def embed_service(t: Target) -> Manifest:
+    """A ClusterIP Service in front of the embedding servers (any replica answers alike)."""
     port = {"name": "http", "port": names.ROLLOUT_PORT, "targetPort": "http", "protocol": "TCP"}
     return _service(t, names.embed_name(t.name), "embed", [port])
 
@@ -419,11 +430,11 @@ def network_policy(t: Target, extra_ingress: Sequence[Manifest] = ()) -> Manifes
     embedding servers, whose development routes load weights; the trainer's weight-sync and
     rendezvous ports), then ``extra_ingress`` (the chart's ``networkPolicy.runExtraIngress``)."""
     own = {"podSelector": {"matchLabels": {names.RUN_LABEL: t.name}}}
-    return _finish(
+    return finish(
         {
             "apiVersion": "networking.k8s.io/v1",
             "kind": "NetworkPolicy",
-            "metadata": _metadata(t, names.network_policy_name(t.name), "network"),
+            "metadata": child_metadata(t, names.network_policy_name(t.name), "network"),
             "spec": {
                 "podSelector": {"matchLabels": {names.RUN_LABEL: t.name}},
                 "policyTypes": ["Ingress"],
@@ -444,14 +455,14 @@ def _job(
     annotations: dict[str, str] | None = None,
     extra: Manifest | None = None,
 ) -> Manifest:
-    metadata = _metadata(t, name, component, **(annotations or {}))
+    metadata = child_metadata(t, name, component, **(annotations or {}))
     metadata["labels"].update(labels or {})
     spec: Manifest = {
         "backoffLimit": 0,
         "template": {"metadata": {"labels": names.common_labels(t.name, component)}, "spec": pod},
     }
     spec.update(extra or {})
-    return _finish({"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": spec})
+    return finish({"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": spec})
 
 
 def _trainer_args(t: Target) -> tuple[list[str], list[Manifest]]:
@@ -628,6 +639,7 @@ def all_manifests(
 
 
 def pod_spec_of(manifest: Manifest) -> Manifest | None:
+    """The pod spec of a Deployment or Job; None for the other kinds."""
     if manifest["kind"] in ("Deployment", "Job"):
         return manifest["spec"]["template"]["spec"]
     return None

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import time
 from collections import Counter as Tally
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from opensir.spec import SelfPlayRunStatus
 
 PORT_ENV = "OPENSIR_OPERATOR_METRICS_PORT"
 PHASES = ("Pending", "Bootstrapping", "Training", "Evaluating", "Suspended", "Succeeded", "Failed")
@@ -43,9 +45,9 @@ class OperatorMetrics(Collector):
         self.registry.register(self)
 
     @contextmanager
-    def reconciling(self, namespace: str, name: str, status: Mapping[str, object]) -> Iterator[None]:
+    def reconciling(self, namespace: str, name: str, status: SelfPlayRunStatus) -> Iterator[None]:
         """Around one reconciliation of a run whose status (before it) is ``status``."""
-        self._phases[(namespace, name)] = str(status.get("phase") or "Pending")
+        self._phases[(namespace, name)] = status.phase
         started = time.monotonic()
         try:
             yield
@@ -61,6 +63,7 @@ class OperatorMetrics(Collector):
         self._phases.pop((namespace, name), None)
 
     def collect(self) -> Iterable[Metric]:
+        """The runs-by-phase gauge, computed now (prometheus_client calls this at every scrape)."""
         runs = GaugeMetricFamily("opensir_operator_runs", "SelfPlayRuns by status.phase", labels=["phase"])
         counts = Tally(self._phases.values())
         for phase in sorted(set(PHASES) | set(counts)):

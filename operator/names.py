@@ -47,22 +47,27 @@ CONFIG_KEY = "run.yaml"
 
 
 def config_name(run: str) -> str:
+    """The ConfigMap with the run's run.yaml."""
     return f"{run}-config"
 
 
 def network_policy_name(run: str) -> str:
+    """The NetworkPolicy around the run's pods."""
     return f"{run}-network"
 
 
 def rollout_name(run: str) -> str:
+    """The rollout server's Deployment and Service."""
     return f"{run}-rollout"
 
 
 def embed_name(run: str) -> str:
+    """The embedding server's Deployment and Service."""
     return f"{run}-embed"
 
 
 def bootstrap_name(run: str) -> str:
+    """The bootstrap Job."""
     return f"{run}-bootstrap"
 
 
@@ -72,10 +77,12 @@ def train_name(run: str) -> str:
 
 
 def eval_name(run: str, step: int) -> str:
+    """The evaluation Job of the checkpoint at ``step``."""
     return f"{run}-eval-{step}"
 
 
 def common_labels(run: str, component: str) -> dict[str, str]:
+    """The labels of every child and of its pods."""
     return {
         PART_OF: PART_OF_VALUE,
         RUN_LABEL: run,

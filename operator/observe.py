@@ -8,21 +8,18 @@ without a cluster.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from opensir_operator import names
 
-from opensir.evaluation.results import latest_summary
-from opensir.spec import SelfPlayRun
-from opensir.storage import ArtifactNotFoundError, open_store
+from opensir.layout import PROGRESS, Progress, UnreadableRecordError, latest_evaluation, read_progress
+from opensir.spec import EvaluationStatus, SelfPlayRun
+from opensir.storage import open_store
 
 log = logging.getLogger(__name__)
-
-PROGRESS_KEY = "progress.json"  # opensir.runner.PROGRESS_KEY (not imported: it pulls in torch)
 
 SUCCESS_CONDITIONS = ("Complete", "SuccessCriteriaMet")
 FAILURE_CONDITIONS = ("Failed", "FailureTarget")
@@ -106,67 +103,31 @@ def child_run(labels: Mapping[str, str]) -> str | None:
 
 # ------------------------------------------------------------------------------------------ progress
 @dataclass(frozen=True)
-class Progress:
-    """progress.json as the runner writes it (opensir.runner._write_progress)."""
-
-    step: int
-    max_steps: int
-    updated: float | None
-    eta_seconds: float | None
-    pool_size: int | None
-    last_step: Mapping[str, Any] = field(default_factory=dict)
-    last_checkpoint: Mapping[str, Any] | None = None
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Progress:
-        return cls(
-            step=int(data.get("step", 0)),
-            max_steps=int(data.get("maxSteps", 0)),
-            updated=_float(data.get("updated")),
-            eta_seconds=_float(data.get("etaSeconds")),
-            pool_size=int(data["poolSize"]) if data.get("poolSize") is not None else None,
-            last_step=data.get("lastStep") or {},
-            last_checkpoint=data.get("lastCheckpoint"),
-        )
-
-
-def _float(value: Any) -> float | None:
-    return None if value is None else float(value)
-
-
-@dataclass(frozen=True)
 class ProgressReading:
     """The result of reading a run's progress: a value, nothing yet, or why it could not be read."""
 
     progress: Progress | None = None
     store_uri: str | None = None
     error: str | None = None
-    evaluation: Mapping[str, Any] | None = None
+    evaluation: EvaluationStatus | None = None
     """The newest stored benchmark evaluation, as ``status.evaluation`` shows it."""
 
 
-def read_progress(run: SelfPlayRun) -> ProgressReading:
+def read_run_progress(run: SelfPlayRun) -> ProgressReading:
     """Read ``progress.json`` from the run's store; a missing file is normal before the first step."""
     store = open_store(run.spec.storage, run.metadata.namespace, run.metadata.name)
     try:
-        raw = store.get_bytes(PROGRESS_KEY)
-    except ArtifactNotFoundError:
-        return ProgressReading(store_uri=store.uri)
+        progress = read_progress(store)
+    except UnreadableRecordError as error:
+        return ProgressReading(store_uri=store.uri, error=str(error))
     except OSError as error:
-        return ProgressReading(store_uri=store.uri, error=f"cannot read {store.uri}/{PROGRESS_KEY}: {error}")
-    try:
-        data = json.loads(raw)
-        if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
-        progress = Progress.from_json(data)
-    except (ValueError, TypeError, KeyError) as error:
-        return ProgressReading(
-            store_uri=store.uri, error=f"{store.uri}/{PROGRESS_KEY} is unreadable: {error}"
-        )
+        return ProgressReading(store_uri=store.uri, error=f"cannot read {store.uri}/{PROGRESS}: {error}")
+    if progress is None:
+        return ProgressReading(store_uri=store.uri)
     evaluation = None
     if run.spec.evaluation.benchmarks:
         try:
-            evaluation = latest_summary(store)
+            evaluation = latest_evaluation(store)
         except OSError as error:  # the progress is still worth reporting; the next reconcile retries
             log.warning("cannot read the evaluations in %s: %s", store.uri, error)
     return ProgressReading(progress=progress, store_uri=store.uri, evaluation=evaluation)

@@ -5,6 +5,10 @@ into a :class:`Plan` (children to delete, create and patch; the new status). :fu
 through the API. Keeping the decision pure is what makes the lifecycle (restarts, suspension, refusals,
 success) unit-testable without a cluster, and level-based: the same observation always gives the same plan,
 so a restarted operator continues where the previous one stopped without duplicating anything.
+
+:func:`decide` runs :data:`STEPS` in order, in the manner of KubeRay's reconciler: the lifecycle steps
+(the training Job's outcome, the bootstrap phase, evaluations), the children (the table's desired children
+against the observed ones), the phase and the conditions; then it computes the status once.
 """
 
 from __future__ import annotations
@@ -12,17 +16,47 @@ from __future__ import annotations
 import copy
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from opensir_operator import manifests, names
+from opensir_operator.children import (
+    CHILDREN,
+    ChildContext,
+    ChildKey,
+    ChildRow,
+    Desired,
+    Resource,
+    Unwanted,
+    Wish,
+    desired_children,
+)
+from opensir_operator.config import OperatorConfig
 from opensir_operator.kube import Kube
 from opensir_operator.observe import Child, ProgressReading
-from opensir_operator.settings import OperatorConfig
-from opensir_operator.status import Condition, build_status, iso, merge_conditions, same_status, stalled_for
+from opensir_operator.status import (
+    build_status,
+    condition,
+    iso,
+    merge_conditions,
+    same_status,
+    stalled_for,
+    status_patch,
+)
+from pydantic import ValidationError
 
-from opensir.spec import SelfPlayRun, SpecError, dump_run, parse_run
+from opensir.layout import Progress
+from opensir.spec import (
+    Condition,
+    Phase,
+    SelfPlayRun,
+    SelfPlayRunSpec,
+    SelfPlayRunStatus,
+    SpecError,
+    dump_run,
+    parse_run,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,30 +83,47 @@ class RunObject:
     generation: int | None
     annotations: Mapping[str, str]
     spec: Mapping[str, Any]
-    status: Mapping[str, Any]
+    """As submitted: :func:`accept` validates it."""
+    status: SelfPlayRunStatus
+    """As last written."""
     deleting: bool = False
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> RunObject:
+        """Read a SelfPlayRun as kopf delivers it."""
         meta = body.get("metadata") or {}
+        name = str(meta.get("name"))
+        namespace = str(meta.get("namespace") or "default")
         return cls(
-            name=str(meta.get("name")),
-            namespace=str(meta.get("namespace") or "default"),
+            name=name,
+            namespace=namespace,
             uid=str(meta.get("uid") or ""),
             generation=meta.get("generation"),
             annotations=dict(meta.get("annotations") or {}),
             spec=copy.deepcopy(dict(body.get("spec") or {})),
-            status=copy.deepcopy(dict(body.get("status") or {})),
+            status=_written_status(body.get("status"), f"{namespace}/{name}"),
             deleting=bool(meta.get("deletionTimestamp")),
         )
 
     def document(self, spec: Mapping[str, Any]) -> dict[str, Any]:
+        """A SelfPlayRun manifest of this run with ``spec``, as :func:`opensir.spec.parse_run` reads it."""
         return {
             "apiVersion": names.RUN_API_VERSION,
             "kind": names.RUN_KIND,
             "metadata": {"name": self.name, "namespace": self.namespace},
             "spec": dict(spec),
         }
+
+
+def _written_status(raw: Any, where: str) -> SelfPlayRunStatus:
+    """The status as the operator last wrote it. The CRD's schema keeps anything else out on a cluster; a
+    status that does not fit anyway (edited where nothing validates) counts as none, and the next write
+    replaces it."""
+    try:
+        return SelfPlayRunStatus.model_validate(raw or {})
+    except ValidationError as error:
+        log.warning("%s: ignoring a status that does not fit the schema: %s", where, error)
+        return SelfPlayRunStatus()
 
 
 # ------------------------------------------------------------------------------------------ accept
@@ -179,10 +230,10 @@ class Plan:
     """What one reconciliation changes. Applied in order: status (when first), deletes, creates, patches."""
 
     annotation: str | None = None
-    deletes: list[tuple[str, str]] = field(default_factory=list)
+    deletes: list[ChildKey] = field(default_factory=list)
     creates: list[manifests.Manifest] = field(default_factory=list)
     patches: list[manifests.Manifest] = field(default_factory=list)
-    status: dict[str, Any] = field(default_factory=dict)
+    status: SelfPlayRunStatus = field(default_factory=SelfPlayRunStatus)
     status_first: bool = False
     """A restart is recorded in the status before the failed Job is replaced, so it is counted once even
     when the operator dies in between."""
@@ -190,263 +241,294 @@ class Plan:
     """New problems, logged as warnings (kopf posts them as Kubernetes Events)."""
 
 
-def _previous_failure(status: Mapping[str, Any]) -> tuple[str, str] | None:
-    if status.get("phase") != "Failed":
+@dataclass(frozen=True)
+class Failure:
+    """Why the run failed (the Failed condition's reason and message)."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Observation:
+    """Everything one decision reads: the run, its accepted spec, its children and its progress."""
+
+    obj: RunObject
+    acceptance: Acceptance
+    target: manifests.Target
+    children: Mapping[ChildKey, Child]
+    reading: ProgressReading
+    now: float
+    config: OperatorConfig
+
+    @property
+    def spec(self) -> SelfPlayRunSpec:
+        """The accepted spec."""
+        return self.target.run.spec
+
+    @property
+    def previous(self) -> SelfPlayRunStatus:
+        """The status as last written."""
+        return self.obj.status
+
+    @property
+    def progress(self) -> Progress | None:
+        """progress.json, when there is one."""
+        return self.reading.progress
+
+    @property
+    def train(self) -> Child | None:
+        """The training Job."""
+        return self.children.get(("Job", names.train_name(self.target.name)))
+
+    @property
+    def boot(self) -> Child | None:
+        """The bootstrap Job."""
+        return self.children.get(("Job", names.bootstrap_name(self.target.name)))
+
+    @property
+    def evals(self) -> dict[int, Child]:
+        """The evaluation Jobs, by the checkpoint step they evaluate."""
+        return {c.eval_step: c for c in self.children.values() if c.kind == "Job" and c.eval_step is not None}
+
+    @property
+    def more_steps(self) -> bool:
+        """training.maxSteps was raised above what the runner last planned and reached."""
+        progress, max_steps = self.progress, self.spec.training.max_steps
+        return progress is not None and progress.max_steps < max_steps and progress.step < max_steps
+
+
+@dataclass
+class Reconciliation:
+    """One decision in the making: what was observed, and what the steps have decided so far."""
+
+    seen: Observation
+    plan: Plan
+    rows: Sequence[ChildRow] = CHILDREN
+    # lifecycle
+    restarts: int = 0
+    failure: Failure | None = None
+    train_done: bool = False
+    replace_train: bool = False
+    bootstrap: bool = False
+    eval_step: int | None = None
+    evaluating: bool = False
+    failed_evals: list[int] = field(default_factory=list)
+    # children
+    servers: list[tuple[str, int]] = field(default_factory=list)
+    """(Deployment, desired replicas) of the run's own servers."""
+    # phase
+    phase: Phase = "Pending"
+    train_alive: bool = False
+    """The observed training Job stays (it is not being replaced or deleted)."""
+    started: str | None = None
+    completion: str | None = None
+    # conditions
+    conditions: list[Condition] = field(default_factory=list)
+
+    @property
+    def terminal(self) -> bool:
+        """Failed, or trained to the end."""
+        return self.failure is not None or self.train_done
+
+    @property
+    def suspended(self) -> bool:
+        """spec.suspend holds for a run that has not ended."""
+        return self.seen.spec.suspend and not self.terminal
+
+    @property
+    def running(self) -> bool:
+        """Neither ended nor suspended."""
+        return not self.terminal and not self.suspended
+
+
+Step = Callable[[Reconciliation], None]
+
+
+def _previous_failure(status: SelfPlayRunStatus) -> Failure | None:
+    if status.phase != "Failed":
         return None
-    for condition in status.get("conditions") or []:
-        if condition.get("type") == "Failed" and condition.get("status") == "True":
-            reason = str(condition.get("reason") or "")
-            if reason in STICKY_FAILURES:
-                return reason, str(condition.get("message") or "")
+    for previous in status.conditions:
+        if previous.type == "Failed" and previous.status == "True" and previous.reason in STICKY_FAILURES:
+            return Failure(previous.reason, previous.message)
     return None
 
 
-def _ensure(
-    plan: Plan,
-    children: Mapping[tuple[str, str], Child],
-    manifest: manifests.Manifest,
-    patchable: bool = True,
-) -> None:
-    """Create a missing child; patch an existing one whose manifest changed (Jobs are immutable)."""
-    observed = children.get((manifest["kind"], manifest["metadata"]["name"]))
-    if observed is None:
-        plan.creates.append(manifest)
-    elif (
-        patchable
-        and not observed.deleting
-        and observed.spec_hash != manifest["metadata"]["annotations"][names.SPEC_HASH]
-    ):
-        plan.patches.append(manifest)
+# ------------------------------------------------------------------------------------------ lifecycle
+def training_outcome(r: Reconciliation) -> None:
+    """What the training Job's state means: a restart (counted once), the run's failure once restarts
+    exceed spec.backoffLimit, a continuation when maxSteps was raised, or the end of training."""
+    seen, spec, train = r.seen, r.seen.spec, r.seen.train
+    r.restarts = max(seen.previous.restarts, train.attempt if train else 0)
+    r.failure = _previous_failure(seen.previous)
+    if r.failure is not None:
+        return
+    if train is None:
+        # Gone after success (deleted by hand, or by a TTL): still done, unless there are more steps.
+        r.train_done = seen.previous.phase in ("Succeeded", "Evaluating") and not seen.more_steps
+        return
+    if train.deleting:
+        return
+    if train.failed:
+        if train.attempt < r.restarts:
+            r.replace_train = True  # a restart recorded before the operator stopped
+        elif r.restarts < spec.backoff_limit:
+            r.restarts += 1
+            r.replace_train = r.plan.status_first = True
+            r.plan.warnings.append(
+                f"training Job failed ({train.reason}: {train.message}); restarting from "
+                f"the last checkpoint ({r.restarts}/{spec.backoff_limit})"
+            )
+        else:
+            r.failure = Failure(
+                "BackoffLimitExceeded",
+                f"the training Job failed {r.restarts + 1} time(s), more than backoffLimit "
+                f"{spec.backoff_limit} allows; last failure: {train.reason}: {train.message}",
+            )
+    elif train.succeeded:
+        if seen.more_steps and not spec.suspend:
+            r.replace_train = True  # continue from the last checkpoint
+        else:
+            r.train_done = True
 
 
-def decide(
-    obj: RunObject,
-    acceptance: Acceptance,
-    children: Mapping[tuple[str, str], Child],
-    reading: ProgressReading,
-    now: float,
-    config: OperatorConfig,
-) -> Plan:
-    """The plan that moves the observed state of one run toward its spec."""
-    previous = obj.status
-    plan = Plan(annotation=acceptance.annotation)
-    if acceptance.run is None:
-        return _invalid(obj, acceptance, reading, now, plan)
-
-    target = manifests.make_target(acceptance.run, obj.uid, config.default_image)
-    spec = target.run.spec
-    name = target.name
-    max_steps = spec.training.max_steps
-    progress = reading.progress
-    train = children.get(("Job", names.train_name(name)))
-    boot = children.get(("Job", names.bootstrap_name(name)))
-    evals = {c.eval_step: c for c in children.values() if c.kind == "Job" and c.eval_step is not None}
-
-    restarts = max(int(previous.get("restarts") or 0), train.attempt if train else 0)
-    failure = _previous_failure(previous)
-    more_steps = progress is not None and progress.max_steps < max_steps and progress.step < max_steps
-    train_done = False
-    replace_train = False
-
-    # 1. The training Job's outcome.
-    if failure is None and train is not None and not train.deleting:
-        if train.failed:
-            if train.attempt < restarts:
-                replace_train = True  # a restart recorded before the operator stopped
-            elif restarts < spec.backoff_limit:
-                restarts += 1
-                replace_train = plan.status_first = True
-                plan.warnings.append(
-                    f"training Job failed ({train.reason}: {train.message}); restarting from "
-                    f"the last checkpoint ({restarts}/{spec.backoff_limit})"
-                )
-            else:
-                failure = (
-                    "BackoffLimitExceeded",
-                    f"the training Job failed {restarts + 1} time(s), more than backoffLimit "
-                    f"{spec.backoff_limit} allows; last failure: {train.reason}: {train.message}",
-                )
-        elif train.succeeded:
-            if more_steps and not spec.suspend:
-                replace_train = True  # training.maxSteps was raised: continue from the last checkpoint
-            else:
-                train_done = True
-    elif failure is None and train is None and previous.get("phase") in ("Succeeded", "Evaluating"):
-        train_done = not more_steps
-
-    # 2. Bootstrap, only before training ever started.
-    bootstrap_needed = (
-        spec.self_play.bootstrap.enabled
-        and failure is None
-        and not train_done
-        and (train is None or replace_train)
-        and progress is None
-        and not previous.get("startTime")
+def bootstrap_phase(r: Reconciliation) -> None:
+    """Whether the pool is still to be bootstrapped: only before training ever started."""
+    seen, boot = r.seen, r.seen.boot
+    r.bootstrap = (
+        seen.spec.self_play.bootstrap.enabled
+        and r.failure is None
+        and not r.train_done
+        and (seen.train is None or r.replace_train)
+        and seen.progress is None
+        and not seen.previous.start_time
         and not (boot is not None and boot.succeeded)
     )
-    if bootstrap_needed and boot is not None and boot.failed:
-        failure = ("BootstrapFailed", f"the bootstrap Job failed: {boot.reason}: {boot.message}")
-        bootstrap_needed = False
-    if failure is not None and failure != _previous_failure(previous):
-        plan.warnings.append(f"run failed: {failure[1]}")
+    if r.bootstrap and boot is not None and boot.failed:
+        r.failure = Failure("BootstrapFailed", f"the bootstrap Job failed: {boot.reason}: {boot.message}")
+        r.bootstrap = False
 
-    terminal = failure is not None or train_done
-    suspended = spec.suspend and not terminal
-    running = not terminal and not suspended
 
-    # 3. Evaluation of due checkpoints.
-    evaluating = False
-    if failure is None and progress is not None and progress.last_checkpoint:
-        step = int(progress.last_checkpoint.get("step") or 0)
-        if spec.evaluation.due(step, max_steps) and step not in evals:
-            plan.creates.append(manifests.eval_job(target, step))
-            evaluating = train_done
-    evaluating = evaluating or (train_done and any(not (e.succeeded or e.failed) for e in evals.values()))
-    failed_evals = sorted(s for s, e in evals.items() if e.failed)
+def evaluations(r: Reconciliation) -> None:
+    """The newest checkpoint's evaluation when it is due, and whether the run waits for evaluations."""
+    seen, evals, max_steps = r.seen, r.seen.evals, r.seen.spec.training.max_steps
+    checkpoint = seen.progress.last_checkpoint if seen.progress is not None else None
+    step = checkpoint.step if checkpoint is not None and r.failure is None else None
+    if step is not None and step not in evals and seen.spec.evaluation.due(step, max_steps):
+        r.eval_step = step
+    unfinished = any(not (e.succeeded or e.failed) for e in evals.values())
+    r.evaluating = r.train_done and (r.eval_step is not None or unfinished)
+    r.failed_evals = sorted(step for step, e in evals.items() if e.failed)
 
-    # 4. Children.
-    replicas_on = running  # the servers also serve the bootstrap phase
-    _ensure(plan, children, manifests.config_map(target))
-    servers: list[tuple[str, int]] = []
-    if manifests.needs_rollout_server(target):
-        servers.append((names.rollout_name(name), spec.rollout.replicas if replicas_on else 0))
-        _ensure_server(plan, children, manifests.rollout_deployment(target, servers[-1][1]))
-        _ensure(plan, children, manifests.rollout_service(target))
-    if manifests.needs_embed_server(target):
-        servers.append((names.embed_name(name), spec.embedding.replicas if replicas_on else 0))
-        _ensure_server(plan, children, manifests.embed_deployment(target, servers[-1][1]))
-        _ensure(plan, children, manifests.embed_service(target))
-    if spec.training.nodes > 1 and running:
-        _ensure(plan, children, manifests.train_service(target))
-    if config.network_policy:
-        _ensure(plan, children, manifests.network_policy(target, config.network_policy_extra_ingress))
 
-    if boot is not None and not (boot.succeeded or boot.failed) and not boot.deleting and not running:
-        plan.deletes.append(("Job", boot.name))
-    if running and bootstrap_needed and boot is None:
-        plan.creates.append(manifests.bootstrap_job(target))
-
-    if train is not None and not train.deleting:
-        unfinished = not (train.succeeded or train.failed)
-        if replace_train or (suspended and unfinished):
-            plan.deletes.append(("Job", train.name))
-    train_absent = train is None or train.deleting or replace_train
-    if running and not bootstrap_needed and train_absent and not (train is not None and train.deleting):
-        plan.creates.append(manifests.train_job(target, restarts))
-
-    # 5. Status.
-    train_alive = train is not None and not replace_train and not train.deleting
-    started = previous.get("startTime") or (
-        (train.start_time or iso(now)) if train_alive and train is not None and train.started else None
+# ------------------------------------------------------------------------------------------ children
+def converge_children(r: Reconciliation) -> None:
+    """The table's desired children against the observed ones: what to create, patch and delete."""
+    seen = r.seen
+    context = ChildContext(
+        target=seen.target,
+        config=seen.config,
+        observed=seen.children,
+        running=r.running,
+        suspended=r.suspended,
+        bootstrap=r.bootstrap,
+        replace_train=r.replace_train,
+        attempt=r.restarts,
+        eval_step=r.eval_step,
     )
-    if failure is not None:
-        phase = "Failed"
-    elif train_done:
-        phase = "Evaluating" if evaluating else "Succeeded"
-    elif suspended:
-        phase = "Suspended"
-    elif bootstrap_needed:
-        phase = "Bootstrapping"
-    elif started:
-        phase = "Training"
-    else:
-        phase = "Pending"
-    completion = (previous.get("completionTime") or iso(now)) if phase in ("Succeeded", "Failed") else None
-
-    conditions = [
-        _ready(children, servers, phase),
-        _progressing(
-            phase,
-            spec.cluster.stall_timeout_seconds,
-            progress,
-            train if train_alive else None,
-            bootstrap_needed,
-            spec.cluster.queue_name is not None,
-            max_steps,
-            now,
-            evaluating,
-        ),
-        _suspended(suspended, train_alive and train is not None and not (train.succeeded or train.failed)),
-        _degraded(acceptance, reading, restarts, spec.backoff_limit, failed_evals, terminal),
-        Condition(
-            "Succeeded",
-            phase == "Succeeded",
-            "Succeeded" if phase == "Succeeded" else "NotFinished",
-            f"trained {progress.step if progress else max_steps} steps" if phase == "Succeeded" else "",
-        ),
-        Condition(
-            "Failed",
-            failure is not None,
-            failure[0] if failure else "NotFailed",
-            failure[1] if failure else "",
-        ),
-    ]
-    degraded = conditions[3]
-    if degraded.status and degraded.reason in ("SpecChangeRefused", "InvalidSpec"):
-        before = {c.get("type"): c for c in previous.get("conditions") or []}.get("Degraded") or {}
-        if before.get("message") != degraded.message:
-            plan.warnings.append(degraded.message)
-    plan.status = build_status(
-        generation=obj.generation,
-        phase=phase,
-        conditions=merge_conditions(previous.get("conditions") or [], conditions, now, obj.generation),
-        reading=reading,
-        max_steps=max_steps,
-        restarts=restarts,
-        start_time=started,
-        completion_time=completion,
-    )
-    if completion is None and previous.get("completionTime"):
-        plan.status["completionTime"] = None  # a finished run that continues (more steps): not finished
-    return plan
+    for resource, wish in desired_children(context, r.rows):
+        _converge(r.plan, resource, wish, seen.children)
+        if isinstance(wish, Desired) and resource.kind == "Deployment":  # a run's Deployments are its servers
+            r.servers.append((wish.key[1], int(wish.manifest["spec"]["replicas"])))
 
 
-def _ensure_server(
-    plan: Plan, children: Mapping[tuple[str, str], Child], manifest: manifests.Manifest
-) -> None:
-    """A server Deployment: never create one only to hold zero replicas."""
-    if manifest["spec"]["replicas"] == 0 and ("Deployment", manifest["metadata"]["name"]) not in children:
+def _converge(plan: Plan, resource: Resource, wish: Wish, observed: Mapping[ChildKey, Child]) -> None:
+    """The API calls that bring one child to its desired state. A child being deleted is left alone until
+    it is gone: recreating it now would collide with it."""
+    if isinstance(wish, Unwanted):
+        key = (resource.kind, wish.name)
+        child = observed.get(key)
+        if child is not None and not child.deleting:
+            plan.deletes.append(key)
         return
-    _ensure(plan, children, manifest)
+    child = observed.get(wish.key)
+    if child is None:
+        if wish.create:
+            plan.creates.append(wish.manifest)
+    elif child.deleting:
+        return
+    elif wish.replace:
+        plan.deletes.append(wish.key)
+        plan.creates.append(wish.manifest)
+    elif resource.patchable and child.spec_hash != wish.manifest["metadata"]["annotations"][names.SPEC_HASH]:
+        plan.patches.append(wish.manifest)
 
 
-def _invalid(
-    obj: RunObject, acceptance: Acceptance, reading: ProgressReading, now: float, plan: Plan
-) -> Plan:
-    message = acceptance.invalid or "invalid spec"
-    conditions = [
-        Condition("Ready", False, "InvalidSpec", "nothing was created"),
-        Condition("Progressing", False, "InvalidSpec", ""),
-        Condition("Suspended", False, "NotSuspended", ""),
-        Condition("Degraded", True, "InvalidSpec", message),
-        Condition("Succeeded", False, "NotFinished", ""),
-        Condition("Failed", True, "InvalidSpec", message),
-    ]
-    before = {c.get("type"): c for c in obj.status.get("conditions") or []}.get("Failed") or {}
-    if before.get("message") != message:
-        plan.warnings.append(message)
-    plan.status = build_status(
-        generation=obj.generation,
-        phase="Failed",
-        conditions=merge_conditions(obj.status.get("conditions") or [], conditions, now, obj.generation),
-        reading=reading,
-        max_steps=steps if isinstance(steps := _get(obj.spec, ("training", "maxSteps")), int) else 0,
-        restarts=int(obj.status.get("restarts") or 0),
-        start_time=obj.status.get("startTime"),
-        completion_time=None,
+# ------------------------------------------------------------------------------------------ phase
+def lifecycle_phase(r: Reconciliation) -> None:
+    """The phase, and when training started and the run ended (kept once set)."""
+    seen, train = r.seen, r.seen.train
+    r.train_alive = train is not None and not r.replace_train and not train.deleting
+    r.started = seen.previous.start_time or (
+        (train.start_time or iso(seen.now)) if r.train_alive and train is not None and train.started else None
     )
-    return plan
+    if r.failure is not None:
+        r.phase = "Failed"
+    elif r.train_done:
+        r.phase = "Evaluating" if r.evaluating else "Succeeded"
+    elif r.suspended:
+        r.phase = "Suspended"
+    elif r.bootstrap:
+        r.phase = "Bootstrapping"
+    elif r.started:
+        r.phase = "Training"
+    else:
+        r.phase = "Pending"
+    ended = r.phase in ("Succeeded", "Failed")
+    r.completion = (seen.previous.completion_time or iso(seen.now)) if ended else None
+    if r.failure is not None and r.failure != _previous_failure(seen.previous):
+        r.plan.warnings.append(f"run failed: {r.failure.message}")
 
 
-def _ready(
-    children: Mapping[tuple[str, str], Child], servers: list[tuple[str, int]], phase: str
-) -> Condition:
+# ------------------------------------------------------------------------------------------ conditions
+def status_conditions(r: Reconciliation) -> None:
+    """Ready, Progressing, Suspended, Degraded, Succeeded and Failed, with their reasons."""
+    seen, spec = r.seen, r.seen.spec
+    train = seen.train if r.train_alive else None
+    succeeded = r.phase == "Succeeded"
+    steps = seen.progress.step if seen.progress else spec.training.max_steps
+    degraded = _degraded(r)
+    r.conditions = [
+        _ready(seen.children, r.servers, r.phase),
+        _progressing(r, train),
+        _suspended(r.suspended, train is not None and not (train.succeeded or train.failed)),
+        degraded,
+        condition(
+            "Succeeded",
+            succeeded,
+            "Succeeded" if succeeded else "NotFinished",
+            f"trained {steps} steps" if succeeded else "",
+        ),
+        condition(
+            "Failed",
+            r.failure is not None,
+            r.failure.reason if r.failure else "NotFailed",
+            r.failure.message if r.failure else "",
+        ),
+    ]
+    if degraded.status == "True" and degraded.reason in ("SpecChangeRefused", "InvalidSpec"):
+        before = next((c for c in seen.previous.conditions if c.type == "Degraded"), None)
+        if before is None or before.message != degraded.message:
+            r.plan.warnings.append(degraded.message)
+
+
+def _ready(children: Mapping[ChildKey, Child], servers: list[tuple[str, int]], phase: Phase) -> Condition:
     if not servers:
-        return Condition(
+        return condition(
             "Ready", True, "ExternalServers", "generation and embedding use servers outside the run"
         )
     if all(replicas == 0 for _, replicas in servers):
-        return Condition("Ready", False, "ScaledDown", f"servers are scaled to zero ({phase})")
+        return condition("Ready", False, "ScaledDown", f"servers are scaled to zero ({phase})")
     counts = []
     ready = True
     for server, replicas in servers:
@@ -454,55 +536,47 @@ def _ready(
         have = observed.ready_replicas if observed is not None else 0
         counts.append(f"{server} {have}/{replicas}")
         ready = ready and have >= replicas
-    return Condition(
+    return condition(
         "Ready", ready, "ServersReady" if ready else "ServersNotReady", "ready: " + ", ".join(counts)
     )
 
 
-def _progressing(
-    phase: str,
-    stall_timeout: int,
-    progress: Any,
-    train: Child | None,
-    bootstrap: bool,
-    queued: bool,
-    max_steps: int,
-    now: float,
-    evaluating: bool,
-) -> Condition:
-    if phase == "Failed":
-        return Condition("Progressing", False, "Failed", "the run failed")
-    if phase == "Succeeded":
-        return Condition("Progressing", False, "Succeeded", "training finished")
-    if evaluating:
-        return Condition("Progressing", True, "Evaluating", "evaluating the final checkpoint")
-    if phase == "Suspended":
-        return Condition("Progressing", False, "Suspended", "the run is suspended")
-    if bootstrap:
-        return Condition("Progressing", True, "Bootstrapping", "building the initial problem pool")
+def _progressing(r: Reconciliation, train: Child | None) -> Condition:
+    seen = r.seen
+    progress, max_steps = seen.progress, seen.spec.training.max_steps
+    if r.phase == "Failed":
+        return condition("Progressing", False, "Failed", "the run failed")
+    if r.phase == "Succeeded":
+        return condition("Progressing", False, "Succeeded", "training finished")
+    if r.evaluating:
+        return condition("Progressing", True, "Evaluating", "evaluating the final checkpoint")
+    if r.phase == "Suspended":
+        return condition("Progressing", False, "Suspended", "the run is suspended")
+    if r.bootstrap:
+        return condition("Progressing", True, "Bootstrapping", "building the initial problem pool")
     if train is None or not train.started:
-        if train is not None and queued:
-            return Condition("Progressing", True, "Queued", "the training Job waits for admission (Kueue)")
-        return Condition("Progressing", True, "Starting", "waiting for the training Job to start")
-    quiet = stalled_for(progress, train.start_time, now)
+        if train is not None and seen.spec.cluster.queue_name is not None:
+            return condition("Progressing", True, "Queued", "the training Job waits for admission (Kueue)")
+        return condition("Progressing", True, "Starting", "waiting for the training Job to start")
+    step = progress.step if progress is not None else 0
+    quiet = stalled_for(progress, train.start_time, seen.now)
+    stall_timeout = seen.spec.cluster.stall_timeout_seconds
     if quiet is not None and quiet > stall_timeout:
-        step = progress.step if progress is not None else 0
-        return Condition(
+        return condition(
             "Progressing",
             False,
             "Stalled",
             f"no new step for {int(quiet)}s (stallTimeoutSeconds {stall_timeout}); last step {step}",
         )
-    step = progress.step if progress is not None else 0
-    return Condition("Progressing", True, "Training", f"step {step}/{max_steps}")
+    return condition("Progressing", True, "Training", f"step {step}/{max_steps}")
 
 
 def _suspended(suspended: bool, training_still_running: bool) -> Condition:
     if not suspended:
-        return Condition("Suspended", False, "NotSuspended", "")
+        return condition("Suspended", False, "NotSuspended")
     if training_still_running:
-        return Condition("Suspended", True, "Suspending", "removing the training Job")
-    return Condition(
+        return condition("Suspended", True, "Suspending", "removing the training Job")
+    return condition(
         "Suspended",
         True,
         "Suspended",
@@ -511,33 +585,98 @@ def _suspended(suspended: bool, training_still_running: bool) -> Condition:
     )
 
 
-def _degraded(
-    acceptance: Acceptance,
-    reading: ProgressReading,
-    restarts: int,
-    backoff_limit: int,
-    failed_evals: list[int],
-    terminal: bool,
-) -> Condition:
-    if acceptance.refusal is not None:
-        return Condition("Degraded", True, *acceptance.refusal)
-    if reading.error is not None:
-        return Condition("Degraded", True, "ProgressUnavailable", reading.error)
-    if failed_evals:
-        return Condition(
+def _degraded(r: Reconciliation) -> Condition:
+    seen = r.seen
+    if seen.acceptance.refusal is not None:
+        return condition("Degraded", True, *seen.acceptance.refusal)
+    if seen.reading.error is not None:
+        return condition("Degraded", True, "ProgressUnavailable", seen.reading.error)
+    if r.failed_evals:
+        return condition(
             "Degraded",
             True,
             "EvaluationFailed",
-            "evaluation failed at step(s) " + ", ".join(map(str, failed_evals)),
+            "evaluation failed at step(s) " + ", ".join(map(str, r.failed_evals)),
         )
-    if restarts and not terminal:
-        return Condition(
+    if r.restarts and not r.terminal:
+        return condition(
             "Degraded",
             True,
             "TrainingRestarted",
-            f"the training Job was restarted {restarts} time(s) of {backoff_limit} allowed",
+            f"the training Job was restarted {r.restarts} time(s) of {seen.spec.backoff_limit} allowed",
         )
-    return Condition("Degraded", False, "AsExpected", "")
+    return condition("Degraded", False, "AsExpected")
+
+
+STEPS: tuple[Step, ...] = (
+    training_outcome,
+    bootstrap_phase,
+    evaluations,
+    converge_children,
+    lifecycle_phase,
+    status_conditions,
+)
+"""The reconcile steps, in order: each reads what the ones before it decided."""
+
+
+def decide(
+    obj: RunObject,
+    acceptance: Acceptance,
+    children: Mapping[ChildKey, Child],
+    reading: ProgressReading,
+    now: float,
+    config: OperatorConfig,
+    rows: Sequence[ChildRow] = CHILDREN,
+) -> Plan:
+    """The plan that moves the observed state of one run toward its spec: the steps, then the status."""
+    plan = Plan(annotation=acceptance.annotation)
+    if acceptance.run is None:
+        return _invalid(obj, acceptance, reading, now, plan)
+    target = manifests.make_target(acceptance.run, obj.uid, config.default_image)
+    r = Reconciliation(Observation(obj, acceptance, target, children, reading, now, config), plan, rows)
+    for step in STEPS:
+        step(r)
+    plan.status = build_status(
+        generation=obj.generation,
+        phase=r.phase,
+        conditions=merge_conditions(obj.status.conditions, r.conditions, now, obj.generation),
+        reading=reading,
+        max_steps=target.run.spec.training.max_steps,
+        restarts=r.restarts,
+        start_time=r.started,
+        completion_time=r.completion,
+    )
+    return plan
+
+
+def _invalid(
+    obj: RunObject, acceptance: Acceptance, reading: ProgressReading, now: float, plan: Plan
+) -> Plan:
+    """An invalid spec with no accepted one to fall back on: nothing is built and the run fails."""
+    message = acceptance.invalid or "invalid spec"
+    failed = [
+        condition("Ready", False, "InvalidSpec", "nothing was created"),
+        condition("Progressing", False, "InvalidSpec"),
+        condition("Suspended", False, "NotSuspended"),
+        condition("Degraded", True, "InvalidSpec", message),
+        condition("Succeeded", False, "NotFinished"),
+        condition("Failed", True, "InvalidSpec", message),
+    ]
+    before = next((c for c in obj.status.conditions if c.type == "Failed"), None)
+    if before is None or before.message != message:
+        plan.warnings.append(message)
+    steps = _get(obj.spec, ("training", "maxSteps"))
+    plan.status = build_status(
+        generation=obj.generation,
+        phase="Failed",
+        conditions=merge_conditions(obj.status.conditions, failed, now, obj.generation),
+        reading=reading,
+        max_steps=steps if isinstance(steps, int) else 0,
+        restarts=obj.status.restarts,
+        start_time=obj.status.start_time,
+        completion_time=obj.status.completion_time,  # kept as it was: the merge patch never removed it here
+    )
+    return plan
 
 
 # ------------------------------------------------------------------------------------------ execute
@@ -549,17 +688,18 @@ class Expectations:
     contain its predecessor's writes and, e.g., create a Job again (a 409) or delete it twice.
     """
 
-    created: dict[tuple[str, str], str | None] = field(default_factory=dict)
+    created: dict[ChildKey, str | None] = field(default_factory=dict)
     """(kind, name) → uid of what was created (None: it already existed)."""
-    deleted: dict[tuple[str, str], str | None] = field(default_factory=dict)
+    deleted: dict[ChildKey, str | None] = field(default_factory=dict)
     """(kind, name) → uid of what was deleted."""
-    status: dict[str, Any] | None = None
+    status: SelfPlayRunStatus | None = None
     annotation: str | None = None
 
     def __bool__(self) -> bool:
         return bool(self.created or self.deleted or self.status is not None or self.annotation is not None)
 
-    def met(self, obj: RunObject, children: Mapping[tuple[str, str], Child]) -> bool:
+    def met(self, obj: RunObject, children: Mapping[ChildKey, Child]) -> bool:
+        """Whether the run and its children, as the watches show them now, include every write."""
         for key, uid in self.deleted.items():
             child = children.get(key)
             if child is not None and child.uid == uid and key not in self.created:
@@ -573,11 +713,9 @@ class Expectations:
         return self.annotation is None or obj.annotations.get(names.ACCEPTED_SPEC) == self.annotation
 
 
-def execute(
-    plan: Plan, kube: Kube, obj: RunObject, children: Mapping[tuple[str, str], Child]
-) -> Expectations:
+def execute(plan: Plan, kube: Kube, obj: RunObject, children: Mapping[ChildKey, Child]) -> Expectations:
     """Apply a plan. Conflicts and vanished objects are left to the next reconciliation, which will
-    observe them (level-based)."""
+    observe them (level-based). The status is serialised here, once, as the merge patch that writes it."""
     expect = Expectations()
     if plan.annotation is not None:
         kube.patch_run(
@@ -585,8 +723,9 @@ def execute(
         )
         expect.annotation = plan.annotation
     write_status = not same_status(obj.status, plan.status)
+    patch = status_patch(plan.status, obj.status)
     if write_status and plan.status_first:
-        kube.patch_run_status(obj.namespace, obj.name, plan.status)
+        kube.patch_run_status(obj.namespace, obj.name, patch)
     for kind, name in plan.deletes:
         kube.delete(kind, obj.namespace, name)
         child = children.get((kind, name))
@@ -598,13 +737,13 @@ def execute(
     for manifest in plan.patches:
         kube.patch(manifest["kind"], obj.namespace, manifest["metadata"]["name"], manifest)
     if write_status and not plan.status_first:
-        kube.patch_run_status(obj.namespace, obj.name, plan.status)
+        kube.patch_run_status(obj.namespace, obj.name, patch)
     if write_status:
         expect.status = plan.status
     return expect
 
 
-def cleanup(kube: Kube, namespace: str, children: Mapping[tuple[str, str], Child]) -> list[str]:
+def cleanup(kube: Kube, namespace: str, children: Mapping[ChildKey, Child]) -> list[str]:
     """Delete a run's children. On a cluster the garbage collector follows the ownerReferences anyway;
     deleting them here makes deletion prompt and works where there is no garbage collector."""
     deleted = []

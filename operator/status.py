@@ -2,30 +2,39 @@
 
 The status is a function of the run's children, its progress.json and the previous status (only for what
 cannot be observed any more: restarts, start and completion times, when a condition last changed), so an
-operator that restarts writes the same status again instead of inventing a new one.
+operator that restarts writes the same status again instead of inventing a new one. It is built as the
+typed :class:`opensir.spec.SelfPlayRunStatus` (the CRD's schema) and serialised once, by
+:func:`status_patch`, when it is written.
 """
 
 from __future__ import annotations
 
 import datetime
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, get_args
 
-from opensir_operator.observe import Progress, ProgressReading
+from opensir_operator.observe import ProgressReading
 
-from opensir.spec import SelfPlayRunStatus
+from opensir.layout import Progress
+from opensir.spec import (
+    CheckpointStatus,
+    Condition,
+    MetricsSummary,
+    Phase,
+    PoolStatus,
+    ProgressStatus,
+    SelfPlayRunStatus,
+)
 
-CONDITION_TYPES = ("Ready", "Progressing", "Suspended", "Degraded", "Succeeded", "Failed")
+CONDITION_TYPES: tuple[str, ...] = get_args(Condition.model_fields["type"].annotation)
+"""Ready, Progressing, Suspended, Degraded, Succeeded, Failed: the order status.conditions lists them in."""
 
-METRIC_KEYS = {
-    "teacher_reward": "teacherReward",
-    "student_reward": "studentReward",
-    "solve_rate": "solveRate",
-    "legal_ratio": "legalRatio",
-    "in_band_ratio": "inBandRatio",
-    "loss": "loss",
-}
+METRIC_FIELDS = tuple(MetricsSummary.model_fields)
+"""The headline numbers of the last step; StepRecord names them the same."""
+
+CLEARED_WHEN_UNSET = ("completion_time",)
+"""Fields a merge patch must remove when they stop holding (JSON null): a finished run that continues with
+more steps is not finished any more. Other fields keep their last value until they are set again."""
 
 
 def iso(timestamp: float) -> str:
@@ -35,84 +44,32 @@ def iso(timestamp: float) -> str:
 
 
 def parse_iso(text: str | None) -> float | None:
+    """Seconds since the epoch of an RFC 3339 time; None for none."""
     if not text:
         return None
     return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
-@dataclass(frozen=True)
-class Condition:
-    """A condition before it gets its transition time."""
-
-    type: str
-    status: bool
-    reason: str
-    message: str = ""
+def condition(type: str, status: bool, reason: str, message: str = "") -> Condition:
+    """A condition before it gets its transition time (:func:`merge_conditions`); ``type`` is one of
+    :data:`CONDITION_TYPES` (the model refuses any other)."""
+    return Condition(type=type, status="True" if status else "False", reason=reason, message=message)
 
 
 def merge_conditions(
-    previous: Sequence[Mapping[str, Any]], new: Sequence[Condition], now: float, generation: int | None
-) -> list[dict[str, Any]]:
+    previous: Sequence[Condition], new: Sequence[Condition], now: float, generation: int | None
+) -> list[Condition]:
     """Conditions in a fixed order; lastTransitionTime moves only when a condition's status changes."""
-    before = {str(c.get("type")): c for c in previous}
+    before = {c.type: c for c in previous}
     merged = []
-    for condition in sorted(new, key=lambda c: CONDITION_TYPES.index(c.type)):
-        status = "True" if condition.status else "False"
-        old = before.get(condition.type)
-        changed = old is None or old.get("status") != status or not old.get("lastTransitionTime")
+    for current in sorted(new, key=lambda c: CONDITION_TYPES.index(c.type)):
+        old = before.get(current.type)
+        changed = old is None or old.status != current.status or not old.last_transition_time
+        since = iso(now) if changed or old is None else old.last_transition_time
         merged.append(
-            {
-                "type": condition.type,
-                "status": status,
-                "reason": condition.reason,
-                "message": condition.message,
-                "lastTransitionTime": iso(now) if changed or old is None else old["lastTransitionTime"],
-                "observedGeneration": generation,
-            }
+            current.model_copy(update={"last_transition_time": since, "observed_generation": generation})
         )
     return merged
-
-
-def progress_section(reading: ProgressReading, max_steps: int) -> dict[str, Any]:
-    """status.progress, lastCheckpoint, pool and metrics from progress.json."""
-    progress = reading.progress
-    if progress is None:
-        out: dict[str, Any] = {"progress": {"step": 0, "maxSteps": max_steps, "percent": 0.0}}
-        if reading.store_uri:
-            out["pool"] = {"uri": f"{reading.store_uri}/pool"}
-        return out
-    section: dict[str, Any] = {"progress": _progress(progress, max_steps)}
-    pool: dict[str, Any] = {"size": progress.pool_size or 0}
-    if reading.store_uri:
-        pool["uri"] = f"{reading.store_uri}/pool"
-    section["pool"] = pool
-    checkpoint = progress.last_checkpoint
-    if checkpoint and checkpoint.get("step") is not None and checkpoint.get("uri"):
-        section["lastCheckpoint"] = {"step": int(checkpoint["step"]), "uri": str(checkpoint["uri"])}
-        if checkpoint.get("time") is not None:
-            section["lastCheckpoint"]["time"] = iso(float(checkpoint["time"]))
-    metrics = {
-        camel: progress.last_step[key]
-        for key, camel in METRIC_KEYS.items()
-        if isinstance(progress.last_step.get(key), int | float)
-    }
-    section["metrics"] = metrics
-    if reading.evaluation:
-        section["evaluation"] = dict(reading.evaluation)
-    return section
-
-
-def _progress(progress: Progress, max_steps: int) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "step": progress.step,
-        "maxSteps": max_steps,
-        "percent": round(100.0 * min(progress.step, max_steps) / max_steps, 1) if max_steps else 0.0,
-    }
-    if progress.updated is not None:
-        out["updated"] = iso(progress.updated)
-        if progress.eta_seconds is not None and progress.step < max_steps:
-            out["eta"] = iso(progress.updated + progress.eta_seconds)
-    return out
 
 
 def stalled_for(progress: Progress | None, job_start: str | None, now: float) -> float | None:
@@ -121,35 +78,75 @@ def stalled_for(progress: Progress | None, job_start: str | None, now: float) ->
     return None if last is None else now - last
 
 
+def _progress(progress: Progress | None, max_steps: int) -> ProgressStatus:
+    if progress is None:
+        return ProgressStatus(step=0, max_steps=max_steps, percent=0.0)
+    percent = round(100.0 * min(progress.step, max_steps) / max_steps, 1) if max_steps else 0.0
+    updated = eta = None
+    if progress.updated is not None:
+        updated = iso(progress.updated)
+        if progress.eta_seconds is not None and progress.step < max_steps:
+            eta = iso(progress.updated + progress.eta_seconds)
+    return ProgressStatus(step=progress.step, max_steps=max_steps, percent=percent, updated=updated, eta=eta)
+
+
+def _metrics(progress: Progress) -> MetricsSummary:
+    last = progress.last_step
+    if last is None:
+        return MetricsSummary()
+    values = {name: getattr(last, name) for name in METRIC_FIELDS}
+    return MetricsSummary(**{name: v for name, v in values.items() if isinstance(v, int | float)})
+
+
+def _checkpoint(progress: Progress) -> CheckpointStatus | None:
+    ref = progress.last_checkpoint
+    if ref is None:
+        return None
+    return CheckpointStatus(step=ref.step, uri=ref.uri, time=None if ref.time is None else iso(ref.time))
+
+
 def build_status(
     *,
     generation: int | None,
-    phase: str,
-    conditions: list[dict[str, Any]],
+    phase: Phase,
+    conditions: list[Condition],
     reading: ProgressReading,
     max_steps: int,
     restarts: int,
     start_time: str | None,
     completion_time: str | None,
-) -> dict[str, Any]:
-    """The whole status object, checked against the SelfPlayRunStatus model (the CRD's schema)."""
-    status: dict[str, Any] = {
-        "observedGeneration": generation,
-        "phase": phase,
-        "conditions": conditions,
-        **progress_section(reading, max_steps),
-        "restarts": restarts,
-    }
-    if start_time:
-        status["startTime"] = start_time
-    if completion_time:
-        status["completionTime"] = completion_time
-    model = SelfPlayRunStatus.model_validate(status)
-    return model.model_dump(mode="json", by_alias=True, exclude_none=True)
+) -> SelfPlayRunStatus:
+    """The whole status: the decisions (phase, conditions, restarts, times) and what progress.json says."""
+    progress = reading.progress
+    pool_uri = f"{reading.store_uri}/pool" if reading.store_uri else None
+    return SelfPlayRunStatus(
+        observed_generation=generation,
+        phase=phase,
+        conditions=conditions,
+        progress=_progress(progress, max_steps),
+        last_checkpoint=None if progress is None else _checkpoint(progress),
+        pool=PoolStatus(size=0 if progress is None else progress.pool_size or 0, uri=pool_uri),
+        metrics=MetricsSummary() if progress is None else _metrics(progress),
+        # Read only with progress: an evaluation without a step to relate it to is not shown.
+        evaluation=None if progress is None else reading.evaluation,
+        restarts=restarts,
+        start_time=start_time,
+        completion_time=completion_time,
+    )
 
 
-def same_status(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool:
+def status_patch(status: SelfPlayRunStatus, previous: SelfPlayRunStatus) -> dict[str, Any]:
+    """The JSON merge patch of the status subresource that turns ``previous`` into ``status``."""
+    body = status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    for name in CLEARED_WHEN_UNSET:
+        if getattr(status, name) is None and getattr(previous, name) is not None:
+            body[SelfPlayRunStatus.model_fields[name].alias or name] = None
+    return body
+
+
+def same_status(a: SelfPlayRunStatus | None, b: SelfPlayRunStatus | None) -> bool:
     """Whether writing ``b`` over ``a`` would change anything a merge patch can express."""
     if a is None or b is None:
         return a is b
-    return all(a.get(key) == value for key, value in b.items())
+    have = a.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return all(have.get(key) == value for key, value in status_patch(b, a).items())

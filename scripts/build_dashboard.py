@@ -12,9 +12,12 @@ tests/integration/test_prometheus.py runs every query against a real Prometheus 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from opensir.selfplay import STUDENT_TERMS, TEACHER_TERMS, RewardTerm
 
 OUT = (
     Path(__file__).resolve().parents[1]
@@ -54,6 +57,9 @@ def t(expr: str, legend: str = "{{run}}", format: str = "time_series") -> Target
     """A query; ``SEL`` stands for the label filter and ``RI`` for Grafana's ``$__rate_interval``."""
     return Target(expr.replace("SEL", SEL).replace("[RI]", "[$__rate_interval]"), legend, format)
 
+
+REWARD_PANELS = Panel("(reward terms)", "", ())
+"""Stands in :data:`ROWS` for the panels :func:`reward_panels` derives from the reward terms."""
 
 ROWS: list[tuple[str, list[Panel]]] = [
     (
@@ -194,18 +200,7 @@ ROWS: list[tuple[str, list[Panel]]] = [
     (
         "Rewards",
         [
-            Panel(
-                "Teacher reward terms",
-                "Mean teacher reward per term (solvability, diversity, format, length) and total.",
-                (t('opensir_selfplay_reward_ratio{SEL, role="teacher"}', "{{run}} {{component}}"),),
-                width=12,
-            ),
-            Panel(
-                "Student reward terms",
-                "Mean student reward per term (accuracy, format) and total.",
-                (t('opensir_selfplay_reward_ratio{SEL, role="student"}', "{{run}} {{component}}"),),
-                width=12,
-            ),
+            REWARD_PANELS,
         ],
     ),
     (
@@ -372,11 +367,35 @@ def _panel(panel: Panel, panel_id: int, x: int, y: int) -> dict[str, Any]:
     return body
 
 
-def dashboard() -> dict[str, Any]:
-    """The dashboard model (Grafana schemaVersion 39)."""
+def reward_panels(
+    teacher_terms: Sequence[RewardTerm[Any]], student_terms: Sequence[RewardTerm[Any]]
+) -> list[Panel]:
+    """One panel per role, naming every term of its reward (the metrics' ``component`` labels)."""
+    panels = []
+    for role, terms in (("teacher", teacher_terms), ("student", student_terms)):
+        listed = ", ".join(f"{term.name} ({term.description})" for term in terms)
+        panels.append(
+            Panel(
+                f"{role.capitalize()} reward terms",
+                f"Mean {role} reward per term: {listed}; and the weighted total.",
+                (t(f'opensir_selfplay_reward_ratio{{SEL, role="{role}"}}', "{{run}} {{component}}"),),
+                width=12,
+            )
+        )
+    return panels
+
+
+def dashboard(
+    teacher_terms: Sequence[RewardTerm[Any]] = TEACHER_TERMS,
+    student_terms: Sequence[RewardTerm[Any]] = STUDENT_TERMS,
+) -> dict[str, Any]:
+    """The dashboard model (Grafana schemaVersion 39); the reward panels follow the given terms."""
     panels: list[dict[str, Any]] = []
     y = 0
-    for title, row_panels in ROWS:
+    for title, declared in ROWS:
+        row_panels: list[Panel] = []
+        for panel in declared:
+            row_panels += reward_panels(teacher_terms, student_terms) if panel is REWARD_PANELS else [panel]
         panels.append(
             {
                 "id": len(panels) + 1,

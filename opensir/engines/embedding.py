@@ -4,23 +4,25 @@ or from a vLLM embedding server (OpenAI embeddings API)."""
 from __future__ import annotations
 
 import json
-import random
-import time
+import logging
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
 
 import numpy as np
 
-from opensir.engines.models import resolve_model
 from opensir.engines.replicas import server_root
 from opensir.errors import OpensirError
+from opensir.models import resolve_model
+from opensir.retry import RetriesExhaustedError, RetryPolicy, call_with_retries
+
+log = logging.getLogger(__name__)
 
 
 class SentenceTransformerEmbedder:
-    """:class:`~opensir.engines.base.Embedder` backed by sentence-transformers.
+    """:class:`~opensir.seams.Embedder` backed by sentence-transformers.
 
-    ``model`` is anything :func:`~opensir.engines.models.resolve_model` accepts (a hub id, a local
+    ``model`` is anything :func:`~opensir.models.resolve_model` accepts (a hub id, a local
     directory, ``builtin:all-minilm-l6-v2``); it is resolved to a local directory first, so loading
     never reaches the hub once the files are present. Rows are L2-normalised float32, so a dot
     product is the cosine similarity the diversity reward uses.
@@ -66,14 +68,14 @@ class SentenceTransformerEmbedder:
 
 
 class ServerEmbedder:
-    """:class:`~opensir.engines.base.Embedder` over the OpenAI embeddings API of a vLLM embedding
+    """:class:`~opensir.seams.Embedder` over the OpenAI embeddings API of a vLLM embedding
     server (``vllm serve MODEL --runner pooling --convert embed``; see
     :func:`opensir.engines.vllm_server.start_local_server` with ``embedding=True``).
 
     Texts go in batches of ``batch_size`` to ``POST /v1/embeddings``; rows come back float32 and
     L2-normalised here (whatever the server's pooling normalisation). Connection errors, timeouts
-    and 5xx answers are retried with exponential backoff for up to ``retry_for_s`` seconds; then
-    :class:`EmbeddingServerError` names the URL and the last cause.
+    and 5xx (and 408/429) answers are retried with exponential backoff (:attr:`retry`) for up to
+    ``retry_for_s`` seconds; then :class:`EmbeddingServerError` names the URL and the last cause.
     """
 
     def __init__(
@@ -92,6 +94,10 @@ class ServerEmbedder:
         self.batch_size = batch_size
         self.timeout_s = timeout_s
         self.retry_for_s = retry_for_s
+        self.retry = RetryPolicy(
+            attempts=None, base_delay=0.5, max_delay=10.0, jitter=0.5, max_elapsed=retry_for_s
+        )
+        """Paces the retries of a request: 0.5 s doubling up to 10 s, each at least half of that."""
         self._dim: int | None = None
 
     @property
@@ -120,35 +126,50 @@ class ServerEmbedder:
     def _request(self, texts: list[str]) -> np.ndarray:
         url = f"{self.base_url}/v1/embeddings"
         body = json.dumps({"model": self.model, "input": texts, "encoding_format": "float"}).encode()
-        started, attempt = time.monotonic(), 0
-        while True:
-            attempt += 1
+
+        def attempt() -> np.ndarray:
             request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                     answer = json.loads(response.read().decode())
-                rows = sorted(answer["data"], key=lambda item: item["index"])
-                if len(rows) != len(texts):
-                    raise EmbeddingServerError(
-                        f"{url} returned {len(rows)} embeddings for {len(texts)} texts"
-                    )
-                return np.asarray([row["embedding"] for row in rows], dtype=np.float32)
             except urllib.error.HTTPError as error:
                 detail = error.read().decode(errors="replace")[:500]
                 if error.code < 500 and error.code not in (408, 429):
                     raise EmbeddingServerError(
                         f"{url} rejected the request with HTTP {error.code}: {detail}"
                     ) from error
-                cause = f"HTTP {error.code}: {detail}"
-            except (urllib.error.URLError, OSError) as error:
-                cause = str(getattr(error, "reason", error))
-            elapsed = time.monotonic() - started
-            if elapsed >= self.retry_for_s:
-                raise EmbeddingServerError(
-                    f"embedding server {self.base_url} did not answer after {attempt} attempt(s) over "
-                    f"{elapsed:.0f} s; last error: {cause}"
-                )
-            time.sleep(min(10.0, 0.5 * 2 ** (attempt - 1)) * (0.5 + random.random() / 2))
+                raise _BusyAnswer(f"HTTP {error.code}: {detail}") from error
+            rows = sorted(answer["data"], key=lambda item: item["index"])
+            if len(rows) != len(texts):
+                raise EmbeddingServerError(f"{url} returned {len(rows)} embeddings for {len(texts)} texts")
+            return np.asarray([row["embedding"] for row in rows], dtype=np.float32)
+
+        try:
+            return call_with_retries(
+                attempt,
+                policy=self.retry,
+                transient=lambda error: isinstance(error, _BusyAnswer | urllib.error.URLError | OSError),
+                what=f"POST {url}",
+                explain=_cause,
+                logger=log,
+            )
+        except RetriesExhaustedError as failure:
+            raise EmbeddingServerError(
+                f"embedding server {self.base_url} did not answer after {failure.attempts} attempt(s) over "
+                f"{failure.elapsed:.0f} s; last error: {failure.cause}"
+            ) from failure.last_error
+
+
+class _BusyAnswer(Exception):
+    """A 5xx, 408 or 429 answer: worth asking again. Raised only for the retries to see; the message
+    is the cause they report."""
+
+
+def _cause(error: Exception) -> str:
+    """What went wrong with one attempt, as the error after the last one reports it."""
+    if isinstance(error, _BusyAnswer):
+        return str(error)
+    return str(getattr(error, "reason", error))
 
 
 class EmbeddingServerError(OpensirError, RuntimeError):

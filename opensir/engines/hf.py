@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
-from opensir.engines.base import Completion, SamplingParams
 from opensir.engines.requests import check_request, trim_to_text
+from opensir.seams import Completion, SamplingParams
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -50,7 +50,7 @@ class _Row:
 
 
 class HFGenerator:
-    """:class:`~opensir.engines.base.Generator` over an in-process transformers model.
+    """:class:`~opensir.seams.Generator` over an in-process transformers model.
 
     ``model`` may be the very module the trainer updates (see
     :class:`~opensir.engines.weight_sync.InProcessWeightSync`): generation runs in eval mode under

@@ -11,14 +11,15 @@ Replicas: ``base_url`` may name several servers (a headless Service on a cluster
 keeping only those the weight sync's guard reports as serving the current weights.
 
 Failures: connection errors, timeouts and 5xx/429 answers are retried with exponential backoff
-(jittered, capped at ``max_backoff_s``) for up to ``retry_for_s`` seconds per request, which rides
-out a server restart between rounds; after that :class:`RolloutServerUnavailableError` names the URL
-and the last cause. A 4xx answer (bad request, unknown model) fails at once with
-:class:`RolloutRequestError` carrying the server's message.
+(jittered, capped at ``max_backoff_s``; :attr:`HTTPGenerator.retry`) for up to ``retry_for_s``
+seconds per request, which rides out a server restart between rounds; after that
+:class:`RolloutServerUnavailableError` names the URL and the last cause. A 4xx answer (bad
+request, unknown model) fails at once with :class:`RolloutRequestError` carrying the server's
+message.
 
 Log-probabilities: the rollout server runs with ``--logprobs-mode processed_logprobs`` (see
 :mod:`opensir.engines.vllm_server`), i.e. under the distribution the token was sampled from, as
-:class:`~opensir.engines.base.Completion` documents and HFGenerator reports by default. A server
+:class:`~opensir.seams.Completion` documents and HFGenerator reports by default. A server
 started with vLLM's default reports raw model log-probabilities; both agree at temperature 1 without
 top-k/top-p.
 
@@ -31,21 +32,29 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
+import logging
 import threading
-import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from opensir.engines.base import Completion, SamplingParams
 from opensir.engines.replicas import Endpoints, resolve_endpoints, server_root
 from opensir.engines.requests import check_request, trim_to_text
 from opensir.errors import OpensirError
+from opensir.retry import (
+    RetriesExhaustedError,
+    RetryPolicy,
+    WaitTimeoutError,
+    call_with_retries_async,
+    describe_error,
+    wait_until,
+)
+from opensir.seams import Completion, SamplingParams
 
 if TYPE_CHECKING:
     import aiohttp
     from transformers import PreTrainedTokenizerBase
 
+log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 _RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
@@ -58,8 +67,13 @@ class RolloutRequestError(OpensirError, RuntimeError):
     """The server rejected a request (4xx) or answered something that is not a completion."""
 
 
+class _BusyAnswer(Exception):
+    """An answer worth asking again for (``_RETRY_STATUS``): the server is loading, overloaded or
+    restarting. Raised only for the retries to see; the message is the cause they report."""
+
+
 class HTTPGenerator:
-    """:class:`~opensir.engines.base.Generator` over vLLM's OpenAI completions API.
+    """:class:`~opensir.seams.Generator` over vLLM's OpenAI completions API.
 
     ``base_url`` is the server's root (``http://host:8000``; a trailing ``/v1`` is accepted) and
     ``model`` the served model name sent with every request (the LoRA weight sync points it at the
@@ -105,6 +119,17 @@ class HTTPGenerator:
         self.retry_for_s = retry_for_s
         self.initial_backoff_s = initial_backoff_s
         self.max_backoff_s = max_backoff_s
+        self.retry = RetryPolicy(
+            attempts=None,
+            base_delay=initial_backoff_s,
+            max_delay=max_backoff_s,
+            # At least half of each backoff, so that the requests waiting on a restarted server
+            # spread out without coming back much sooner than the backoff says.
+            jitter=0.5,
+            max_elapsed=retry_for_s,
+        )
+        """Paces the retries of a request and the wait for a ready replica (tests swap its clock and
+        sleep seams)."""
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
     # --------------------------------------------------------------------------------------- public
@@ -166,27 +191,29 @@ class HTTPGenerator:
     async def _round_endpoints(self) -> list[str]:
         """The replicas this call spreads its requests over; while none is ready (resolved and, with a
         guard, serving the current weights), wait for one for up to ``retry_for_s`` seconds."""
-        started = time.monotonic()
-        attempt = 0
-        while True:
-            attempt += 1
-            found = await asyncio.to_thread(self.endpoints)
-            if found and self.guard is not None:
-                found = await asyncio.to_thread(self.guard, found)
-            if found:
-                return found
-            elapsed = time.monotonic() - started
-            if elapsed >= self.retry_for_s:
-                raise RolloutServerUnavailableError(
-                    f"no rollout server at {self.base_url} was ready to sample from after {attempt} "
-                    f"attempt(s) over {elapsed:.0f} s (no address, or none serving the current weights)"
-                )
-            await asyncio.sleep(min(self._backoff(attempt), max(0.0, self.retry_for_s - elapsed)))
 
-    def _backoff(self, attempt: int) -> float:
-        backoff = min(self.max_backoff_s, self.initial_backoff_s * 2 ** (attempt - 1))
-        # Jittered, so that the requests waiting on a restarted server do not all return at once.
-        return backoff * (0.5 + random.random() / 2)
+        def ready() -> list[str]:
+            found = self.endpoints()
+            if found and self.guard is not None:
+                found = self.guard(found)
+            return found
+
+        try:
+            # On a thread: resolving names and the guard's version checks block, and the wait is the
+            # only thing this call does until a replica is there.
+            return await asyncio.to_thread(
+                wait_until,
+                ready,
+                what=f"a rollout server at {self.base_url} to sample from",
+                timeout=self.retry_for_s,
+                policy=self.retry,
+                logger=log,
+            )
+        except WaitTimeoutError as error:
+            raise RolloutServerUnavailableError(
+                f"no rollout server at {self.base_url} was ready to sample from after {error.checks} "
+                f"attempt(s) over {error.elapsed:.0f} s (no address, or none serving the current weights)"
+            ) from error
 
     async def _send(
         self,
@@ -201,30 +228,43 @@ class HTTPGenerator:
         ``retry_for_s`` seconds, each retry on the next replica."""
         import aiohttp
 
-        started = time.monotonic()
-        attempt = 0
-        while True:
-            url = replicas[(index + attempt) % len(replicas)] + path
-            attempt += 1
-            try:
-                async with session.request(method, url, json=body) as response:
-                    text = await response.text()
-                    if response.status < 400:
-                        return _json(text, url)
-                    if response.status not in _RETRY_STATUS:
-                        raise RolloutRequestError(
-                            f"{method} {url} was rejected with HTTP {response.status}: {_error_message(text)}"
-                        )
-                    cause = f"HTTP {response.status}: {_error_message(text)}"
-            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as error:
-                cause = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-            elapsed = time.monotonic() - started
-            if elapsed >= self.retry_for_s:
-                raise RolloutServerUnavailableError(
-                    f"rollout server {self.base_url} did not answer {method} {path} after {attempt} "
-                    f"attempt(s) over {elapsed:.0f} s; last error, from {url}: {cause}"
-                )
-            await asyncio.sleep(min(self._backoff(attempt), max(0.0, self.retry_for_s - elapsed)))
+        tried: list[str] = []
+
+        async def attempt() -> dict[str, Any]:
+            url = replicas[(index + len(tried)) % len(replicas)] + path
+            tried.append(url)
+            async with session.request(method, url, json=body) as response:
+                text = await response.text()
+                if response.status < 400:
+                    return _json(text, url)
+                if response.status not in _RETRY_STATUS:
+                    raise RolloutRequestError(
+                        f"{method} {url} was rejected with HTTP {response.status}: {_error_message(text)}"
+                    )
+                raise _BusyAnswer(f"HTTP {response.status}: {_error_message(text)}")
+
+        def transient(error: Exception) -> bool:
+            return isinstance(
+                error, _BusyAnswer | aiohttp.ClientConnectionError | aiohttp.ClientPayloadError | TimeoutError
+            )
+
+        try:
+            return await call_with_retries_async(
+                attempt,
+                policy=self.retry,
+                transient=transient,
+                what=f"{method} {path} on rollout server {self.base_url}",
+                explain=_cause,
+                logger=log,
+                # One line per waiting request would flood the log while a server restarts (a round
+                # has hundreds in flight); the error after the last attempt carries the cause.
+                log_level=logging.DEBUG,
+            )
+        except RetriesExhaustedError as failure:
+            raise RolloutServerUnavailableError(
+                f"rollout server {self.base_url} did not answer {method} {path} after {failure.attempts} "
+                f"attempt(s) over {failure.elapsed:.0f} s; last error, from {tried[-1]}: {failure.cause}"
+            ) from failure.last_error
 
     # ------------------------------------------------------------------------------------- answers
     def _completions(self, answer: dict[str, Any], n: int, sampling: SamplingParams) -> list[Completion]:
@@ -269,6 +309,11 @@ class HTTPGenerator:
             logprobs=tuple(logprobs) if logprobs is not None else None,
             finish_reason="stop" if finish == "stop" else str(finish),
         )
+
+
+def _cause(error: Exception) -> str:
+    """What went wrong with one attempt: the busy answer's status and message, else the error."""
+    return str(error) if isinstance(error, _BusyAnswer) else describe_error(error)
 
 
 def _json(text: str, url: str) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Choosing the generator, weight sync and embedder of the vLLM engines from a spec
 (``rollout.engine`` vllm or server, ``embedding.engine`` server); used by
-:func:`opensir.engines.factory.build_engines`.
+:func:`opensir.assembly.build_engines`.
 """
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from opensir.engines.base import Generator, WeightSync
 from opensir.engines.embedding import ServerEmbedder
 from opensir.engines.http import HTTPGenerator
 from opensir.errors import OpensirError
+from opensir.seams import Generator, WeightSync
 from opensir.spec import SelfPlayRunSpec
 
 if TYPE_CHECKING:
@@ -46,17 +46,11 @@ def build_remote_rollout(
             "rollout.url is required with rollout.engine 'server' outside a cluster (on a cluster the "
             "operator points it at the run's rollout server)"
         )
-    if kind == "inprocess":
-        raise RolloutConfigError(
-            "rollout.weightSync 'inprocess' needs rollout.engine 'hf'; use store, lora or broadcast"
-        )
     from opensir.engines.server_sync import BroadcastWeightSync, LoRAWeightSync, StoreWeightSync
 
     generator = HTTPGenerator(url, spec.model.name, tokenizer=tokenizer)
     sync: StoreWeightSync | LoRAWeightSync | BroadcastWeightSync
     if kind == "lora":
-        if not spec.training.lora.enabled:
-            raise RolloutConfigError("rollout.weightSync 'lora' needs training.lora.enabled")
 
         def use(name: str) -> None:
             generator.model = name
@@ -87,8 +81,8 @@ def _published_in(run_store: RunStore | None, kind: str) -> RunStore:
 
 def _in_process_vllm(spec: SelfPlayRunSpec, kind: str) -> tuple[Generator, WeightSync]:
     try:
-        from opensir.engines.models import resolve_model
         from opensir.engines.vllm_local import VLLMGenerator, VLLMWeightSync
+        from opensir.models import resolve_model
 
         generator = VLLMGenerator(
             str(resolve_model(spec.model.name, spec.model.revision)),
@@ -107,14 +101,13 @@ def _in_process_vllm(spec: SelfPlayRunSpec, kind: str) -> tuple[Generator, Weigh
             f"rollout.engine 'vllm' needs vllm in this environment ({error}); install opensir[vllm] "
             "or use rollout.engine 'server'"
         ) from error
-    # The engine lives in this process, so every kind but broadcast loads the weights in place.
+    # The engine lives in this process, so every kind but broadcast loads the weights in place. (On a
+    # cluster rollout.engine is always server, so only a local run can ask for this.)
     if kind == "broadcast":
         raise RolloutConfigError(
             "rollout.weightSync 'broadcast' needs rollout.engine 'server'; the in-process vLLM engine "
             "takes the weights in place (use auto)"
         )
-    if kind == "lora" and not spec.training.lora.enabled:
-        raise RolloutConfigError("rollout.weightSync 'lora' needs training.lora.enabled")
     return generator, VLLMWeightSync(generator)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from opensir.engines.base import SamplingParams
+from opensir.seams import SamplingParams
 
 
 def check_request(prompts: Sequence[Sequence[int]], n: int, sampling: SamplingParams) -> None:

@@ -40,20 +40,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from opensir.engines.base import Trainer
 from opensir.engines.replicas import Endpoints, resolve_endpoints, server_root
-from opensir.engines.vllm_server import free_port, lora_model_name, lora_prefix
+from opensir.engines.vllm_server import free_port
 from opensir.engines.weight_sync import WeightSyncError, full_state_dict, trainer_module, version_name
-from opensir.rl.trainer import is_peft_model
+from opensir.layout import ADAPTERS, WEIGHTS
+from opensir.models import is_peft_model
+from opensir.retry import POLL, RetryPolicy, WaitTimeoutError, wait_until
+from opensir.seams import Trainer
+from opensir.serving import lora_model_name, lora_prefix
 from opensir.spec import StorageSpec
-from opensir.storage import ArtifactStore, LocalStore, open_store
+from opensir.storage import ArtifactStore, LocalStore, open_store_uri, run_uri, store_options
 
 log = logging.getLogger(__name__)
-
-WEIGHTS_PREFIX = "weights"
-"""Where :class:`StoreWeightSync` publishes full weights in the run's store."""
-ADAPTERS_PREFIX = "adapters"
-"""Where :class:`LoRAWeightSync` publishes adapters in the run's store."""
 
 
 # ---------------------------------------------------------------------------------- server control
@@ -144,29 +142,31 @@ class ServerControl:
 class RunStore:
     """The run's artifact store, as the trainer and the rollout servers both open it.
 
-    The servers open it themselves (:func:`opensir.engines.vllm_worker.fetch`), with the S3
-    credentials of their own environment; the spec carries no secret.
+    The servers open it themselves (:func:`opensir.engines.vllm_worker.fetch`) from its URI and
+    connection settings (:func:`opensir.storage.open_store_uri`), with the S3 credentials of their
+    own environment; the spec carries no secret.
     """
 
     storage: StorageSpec
     namespace: str
     run: str
 
+    @property
+    def uri(self) -> str:
+        """The run's store URI (:func:`opensir.storage.run_uri`)."""
+        return run_uri(self.storage.uri, self.namespace, self.run)
+
     def open(self) -> ArtifactStore:
         """The store, as :func:`opensir.storage.open_store` opens it."""
-        return open_store(self.storage, self.namespace, self.run)
+        return open_store_uri(self.uri, **store_options(self.storage))
 
     def source(self, store: ArtifactStore, key: str) -> dict[str, Any]:
         """How a server finds the files under ``key`` (the JSON :func:`~opensir.engines.vllm_worker.fetch`
-        reads): their directory for a local store, else the store's address to download them from."""
+        reads): their directory for a local store, which the server reads in place, else the store's
+        URI and connection settings to download them with."""
         if isinstance(store, LocalStore):
             return {"path": str(store.root / key)}
-        return {
-            "storage": self.storage.model_dump(mode="json", by_alias=True),
-            "namespace": self.namespace,
-            "run": self.run,
-            "key": key,
-        }
+        return {"uri": store.uri, "options": dict(store_options(self.storage)), "key": key}
 
 
 def publish(store: ArtifactStore, prefix: str, version: int, directory: Path, *, keep: int) -> str:
@@ -189,7 +189,8 @@ class ServerWeightSync:
     acknowledgement, and the repair of replicas that fell behind (:meth:`current`).
 
     ``endpoints`` lists the replicas (default: everything ``base_url`` resolves to, see
-    :mod:`opensir.engines.replicas`); ``timeout_s`` bounds every call and the wait for a first replica.
+    :mod:`opensir.engines.replicas`); ``timeout_s`` bounds every call and the wait for a first replica,
+    which :attr:`ready_poll` paces.
     """
 
     def __init__(
@@ -206,8 +207,8 @@ class ServerWeightSync:
         self._version = version
         self._model: nn.Module | None = None
         self._acked: dict[str, int] = {}
-        self.last_push_s: float | None = None
-        """Wall time of the last push, all replicas included."""
+        self.ready_poll: RetryPolicy = POLL
+        """Paces the ``/health`` checks while no replica answers (0.5 s, growing to 5 s)."""
 
     @property
     def version(self) -> int:
@@ -222,7 +223,6 @@ class ServerWeightSync:
         """
         model = trainer_module(trainer)
         version = self._version + 1
-        started = time.monotonic()
         try:
             targets = self._ready_endpoints()
             self._publish(model, version)
@@ -233,7 +233,6 @@ class ServerWeightSync:
                 f"weight sync of version {version} to {self.base_url} failed: {error}"
             ) from error
         self._version, self._model = version, model
-        self.last_push_s = time.monotonic() - started
         self._pushed(version)
         return version
 
@@ -272,21 +271,26 @@ class ServerWeightSync:
     def _ready_endpoints(self) -> list[str]:
         """The replicas that answer ``/health``, waiting (bounded backoff, ``timeout_s``) for a first one:
         at a run's start the servers may still be loading the model."""
-        deadline = time.monotonic() + self.timeout_s
-        delay = 0.5
-        while True:
-            found = self.endpoints()
-            ready = [e for e in found if ServerControl(e, timeout_s=self.timeout_s).healthy()]
-            if ready:
-                return ready
-            if time.monotonic() >= deadline:
-                seen = ", ".join(found) or "no address"
-                raise WeightSyncError(
-                    f"no rollout server at {self.base_url} answered /health within {self.timeout_s:.0f} s "
-                    f"(it resolves to {seen})"
-                )
-            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            delay = min(delay * 1.5, 5.0)
+        found: list[str] = []
+
+        def healthy() -> list[str]:
+            found[:] = self.endpoints()
+            return [e for e in found if ServerControl(e, timeout_s=self.timeout_s).healthy()]
+
+        try:
+            return wait_until(
+                healthy,
+                what=f"a rollout server at {self.base_url} to answer /health",
+                timeout=self.timeout_s,
+                policy=self.ready_poll,
+                logger=log,
+            )
+        except WaitTimeoutError as error:
+            seen = ", ".join(found) or "no address"
+            raise WeightSyncError(
+                f"no rollout server at {self.base_url} answered /health within {self.timeout_s:.0f} s "
+                f"(it resolves to {seen})"
+            ) from error
 
     def _sync(self, endpoint: str, model: nn.Module, version: int) -> None:
         control = ServerControl(endpoint, timeout_s=self.timeout_s)
@@ -338,10 +342,10 @@ class StoreWeightSync(ServerWeightSync):
         tensors = {name: t.contiguous().cpu() for name, t in full_state_dict(model).items()}
         with tempfile.TemporaryDirectory(prefix="opensir-weights-") as scratch:
             save_file(tensors, str(Path(scratch) / "model.safetensors"), metadata={"format": "pt"})
-            publish(self.store, WEIGHTS_PREFIX, version, Path(scratch), keep=self.keep)
+            publish(self.store, WEIGHTS, version, Path(scratch), keep=self.keep)
 
     def _load(self, control: ServerControl, model: nn.Module, version: int) -> None:
-        source = self.run_store.source(self.store, f"{WEIGHTS_PREFIX}/{version_name(version)}")
+        source = self.run_store.source(self.store, f"{WEIGHTS}/{version_name(version)}")
         control.collective_rpc("opensir_reload_weights", kwargs={"source": json.dumps(source)})
 
 
@@ -381,12 +385,12 @@ class LoRAWeightSync(ServerWeightSync):
             )
         with tempfile.TemporaryDirectory(prefix="opensir-adapter-") as scratch:
             model.save_pretrained(scratch)  # type: ignore[operator]
-            publish(self.store, ADAPTERS_PREFIX, version, Path(scratch), keep=self.keep)
+            publish(self.store, ADAPTERS, version, Path(scratch), keep=self.keep)
 
     def _load(self, control: ServerControl, model: nn.Module, version: int) -> None:
         name = lora_model_name(self.served_model_name, version)
         if name not in control.served_models():
-            source = self.run_store.source(self.store, f"{ADAPTERS_PREFIX}/{version_name(version)}")
+            source = self.run_store.source(self.store, f"{ADAPTERS}/{version_name(version)}")
             (path, *_) = control.collective_rpc("opensir_fetch", args=[json.dumps(source)])
             control.call("POST", "/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(path)})
         for stale in control.served_models():

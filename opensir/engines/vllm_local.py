@@ -21,20 +21,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from opensir.engines.base import Completion, SamplingParams, Trainer
 from opensir.engines.requests import check_request, trim_to_text
-from opensir.engines.vllm_server import (
-    WORKER_EXTENSION,
-    lora_model_name,
-    lora_rank_slot,
-    whole_prefill_options,
-)
 from opensir.engines.weight_sync import WeightSyncError, full_state_dict, trainer_module, write_adapter
-from opensir.rl.trainer import is_peft_model
+from opensir.models import is_peft_model
+from opensir.seams import Completion, SamplingParams, Trainer
+from opensir.serving import WORKER_EXTENSION, lora_model_name, lora_rank_slot, whole_prefill_options
 
 
 class VLLMGenerator:
-    """:class:`~opensir.engines.base.Generator` over an in-process ``vllm.LLM``."""
+    """:class:`~opensir.seams.Generator` over an in-process ``vllm.LLM``."""
 
     def __init__(
         self,

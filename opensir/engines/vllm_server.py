@@ -60,18 +60,16 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from opensir.errors import OpensirError
+from opensir.retry import POLL, WaitTimeoutError, wait_until
+from opensir.serving import VLLM_SERVER_MODULE, ServerConfig, server_args, server_env
 
-VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
-WORKER_EXTENSION = "opensir.engines.vllm_worker.OpensirWorkerExtension"
-"""Qualified name of the worker extension (importable inside the server's environment)."""
 DEFAULT_VENV = Path(__file__).resolve().parents[2] / ".venv-vllm"
 """Where ``scripts/install_vllm.sh`` puts the vLLM environment of a source checkout."""
 
@@ -80,129 +78,8 @@ class RolloutServerError(OpensirError, RuntimeError):
     """A local vLLM server could not be started, or stopped running."""
 
 
-@dataclass(frozen=True)
-class ServerConfig:
-    """How to start a vLLM OpenAI server for the policy (or, with ``embedding``, an embedder)."""
-
-    model: str
-    """Local model directory or hub id."""
-    served_model_name: str = "policy"
-    """The ``model`` name requests use (LoRA versions are served as ``<name>-lora-v<N>``)."""
-    host: str = "127.0.0.1"
-    port: int = 8000
-    dtype: str = "auto"
-    """vLLM ``--dtype``: auto, float32, bfloat16, float16."""
-    max_model_len: int | None = None
-    """Longest prompt + completion; None takes the model's."""
-    seed: int = 0
-    enable_lora: bool = False
-    max_lora_rank: int = 16
-    """vLLM accepts 1, 8, 16, 32, 64, 128, 256, 320 or 512; the adapter's rank must not exceed it."""
-    tensor_parallel: int = 1
-    gpu_memory_utilization: float | None = None
-    """None leaves vLLM's default (and is ignored on CPU)."""
-    revision: str | None = None
-    trust_remote_code: bool = False
-    embedding: bool = False
-    """Serve the model as an embedder (``--runner pooling --convert embed``) instead of a generator."""
-    whole_prefill: bool = False
-    """Prefill every prompt in one step (no chunked prefill): needed on CPUs, see
-    :func:`whole_prefill_options`."""
-    extra_args: tuple[str, ...] = ()
-
-
-def server_args(config: ServerConfig) -> list[str]:
-    """The vLLM command-line arguments (after ``python -m vllm.entrypoints.openai.api_server``)."""
-    args = [
-        "--model",
-        config.model,
-        "--served-model-name",
-        config.served_model_name,
-        "--host",
-        config.host,
-        "--port",
-        str(config.port),
-        "--dtype",
-        config.dtype,
-        "--seed",
-        str(config.seed),
-    ]
-    if config.embedding:
-        args += ["--runner", "pooling", "--convert", "embed"]
-    else:
-        # Completions report the log-probability of each token under the distribution it was sampled
-        # from (after temperature/top-k/top-p), as Completion.logprobs documents; the extension adds
-        # the broadcast weight-sync methods to every worker.
-        args += ["--logprobs-mode", "processed_logprobs", "--worker-extension-cls", WORKER_EXTENSION]
-    if config.tensor_parallel != 1:
-        args += ["--tensor-parallel-size", str(config.tensor_parallel)]
-    if config.gpu_memory_utilization is not None:
-        args += ["--gpu-memory-utilization", str(config.gpu_memory_utilization)]
-    if config.max_model_len is not None:
-        args += ["--max-model-len", str(config.max_model_len)]
-    if config.revision:
-        args += ["--revision", config.revision]
-    if config.trust_remote_code:
-        args.append("--trust-remote-code")
-    if config.whole_prefill:
-        options = whole_prefill_options(config.max_model_len)
-        args += [
-            "--no-enable-chunked-prefill",
-            "--max-num-batched-tokens",
-            str(options["max_num_batched_tokens"]),
-        ]
-    if config.enable_lora and not config.embedding:
-        args += [
-            "--enable-lora",
-            "--max-lora-rank",
-            str(lora_rank_slot(config.max_lora_rank)),
-            "--max-loras",
-            "1",
-        ]
-    return args + list(config.extra_args)
-
-
-def server_env(config: ServerConfig) -> dict[str, str]:
-    """Environment variables the server needs on top of the pod's or the caller's."""
-    if config.embedding:
-        return {}
-    env = {"VLLM_SERVER_DEV_MODE": "1"}
-    if config.enable_lora:
-        env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
-    return env
-
-
-def whole_prefill_options(max_model_len: int | None) -> dict[str, object]:
-    """vLLM engine options that prefill every prompt in one step.
-
-    vLLM's CPU build fails a seeded request whose prompt is prefilled in chunks ("CPU Generator does
-    not use offset": the sampler rewinds the request's generator after a partial prefill, which only
-    CUDA generators can do), and the whole engine dies with it. Seeded sampling is what makes runs
-    and evaluations repeatable, so CPU engines prefill whole prompts instead; the token budget of a
-    step must then hold the longest prompt.
-    """
-    return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(max_model_len or 8192, 2048)}
-
-
-_LORA_SLOTS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
-
-
-def lora_rank_slot(rank: int) -> int:
-    """The smallest ``--max-lora-rank`` value vLLM accepts that holds adapters of ``rank``."""
-    for slot in _LORA_SLOTS:
-        if rank <= slot:
-            return slot
-    raise ValueError(f"LoRA rank {rank} exceeds vLLM's largest --max-lora-rank ({_LORA_SLOTS[-1]})")
-
-
-def lora_prefix(served_model_name: str) -> str:
-    """What the served names of a policy's LoRA adapters start with."""
-    return f"{served_model_name}-lora-v"
-
-
-def lora_model_name(served_model_name: str, version: int) -> str:
-    """The served name of the LoRA adapter of weights version ``version``."""
-    return f"{lora_prefix(served_model_name)}{version}"
+READY_POLL = replace(POLL, base_delay=0.25, max_delay=2.0)
+"""Paces the ``/health`` checks of a starting local server: 0.25 s, growing 1.5-fold up to 2 s."""
 
 
 # --------------------------------------------------------------------------------- local servers
@@ -274,29 +151,32 @@ class LocalServer:
     def wait_ready(self, timeout: float = 600.0) -> None:
         """Return once ``GET /health`` answers 200; raise with the log's tail if the process exits
         or ``timeout`` seconds pass."""
-        deadline = time.monotonic() + timeout
-        delay = 0.25
-        while True:
+
+        def ready() -> bool:
             if self.process is None or self.process.poll() is not None:
                 code = None if self.process is None else self.process.returncode
                 raise RolloutServerError(
                     f"the vLLM server for {self.base_url} exited (code {code}) before it was ready; "
                     f"log {self.log_path}:\n{self.log_tail()}"
                 )
-            try:
-                with urllib.request.urlopen(f"{self.base_url}/health", timeout=5) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass  # not listening yet: the bounded backoff below decides when to give up
-            if time.monotonic() >= deadline:
-                self.stop()
-                raise RolloutServerError(
-                    f"the vLLM server at {self.base_url} was not ready after {timeout:.0f} s; "
-                    f"log {self.log_path}:\n{self.log_tail()}"
-                )
-            time.sleep(delay)
-            delay = min(delay * 1.5, 2.0)
+            with urllib.request.urlopen(f"{self.base_url}/health", timeout=5) as response:
+                return bool(response.status == 200)
+
+        try:
+            wait_until(
+                ready,
+                what=f"the vLLM server at {self.base_url} to answer /health",
+                timeout=timeout,
+                policy=READY_POLL,
+                # Refused or timed out: not listening yet, while the model loads.
+                transient=lambda error: isinstance(error, urllib.error.URLError | OSError),
+            )
+        except WaitTimeoutError as error:
+            self.stop()
+            raise RolloutServerError(
+                f"the vLLM server at {self.base_url} was not ready after {timeout:.0f} s; "
+                f"log {self.log_path}:\n{self.log_tail()}"
+            ) from error
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the server's process group (SIGTERM, then SIGKILL after ``timeout``)."""
@@ -390,7 +270,7 @@ def start_local_server(
 
 
 if __name__ == "__main__":  # pragma: no cover - a convenience for trying the server by hand
-    from opensir.engines.models import resolve_model
+    from opensir.models import resolve_model
 
     handle = start_local_server(resolve_model(sys.argv[1]), log_dir=Path("/tmp"), enable_lora=True)
     print(handle.base_url, "pid", handle.pid, flush=True)

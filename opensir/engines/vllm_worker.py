@@ -4,9 +4,10 @@ Loaded inside every vLLM worker by ``--worker-extension-cls
 opensir.engines.vllm_worker.OpensirWorkerExtension`` (vLLM mixes the class into its ``Worker``), and
 called through the server's ``POST /collective_rpc`` route (``VLLM_SERVER_DEV_MODE=1``). That route
 passes only strings, so every argument is one JSON document. This module imports only the standard
-library and torch at import time (and opensir's storage when it fetches from S3), because it runs
-in the server's environment (see :mod:`opensir.engines.vllm_server` for the whole weight-update
-protocol).
+library, torch and :mod:`opensir.files` (standard library only) at import time, and opensir's
+storage when it fetches from S3, because it runs in the server's environment, where opensir is
+installed without its dependencies (``scripts/install_vllm.sh``; the runtime image has them all).
+See :mod:`opensir.engines.vllm_server` for the whole weight-update protocol.
 
 Broadcast protocol (the trainer side is :class:`opensir.engines.server_sync.BroadcastWeightSync`):
 
@@ -37,15 +38,21 @@ them to the reloaded one after it and re-runs the followers' post-load processin
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import tempfile
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import torch
 import torch.distributed as dist
+
+from opensir.files import atomic_directory
+
+log = logging.getLogger(__name__)
 
 _DTYPES = {
     "float32": torch.float32,
@@ -122,7 +129,7 @@ class OpensirWorkerExtension:
             self._opensir_reload(weights_path=str(directory), is_checkpoint_format=True)
         finally:
             if "path" not in where:
-                shutil.rmtree(directory, ignore_errors=True)
+                _remove_download(directory)
 
     def opensir_fetch(self, source: str) -> str:
         """Make the files ``source`` names available on this server's disk (see :func:`fetch`);
@@ -156,35 +163,52 @@ def fetch(source: dict[str, Any], rank: int, *, keep: int | None = None) -> Path
     """The local directory of the files ``source`` names.
 
     ``{"path": DIR}``: a directory the server sees already (a ``file://`` store on the same machine).
-    ``{"storage": {...}, "namespace": NS, "run": RUN, "key": KEY}``: every object under ``KEY`` of the
-    run's store, opened as the trainer opens it (:func:`opensir.storage.open_store`, with the S3
-    credentials of this pod's environment), downloaded to ``FETCH_ROOT/rank<N>/NS/RUN/KEY``. A
-    download completes under a temporary name first, so a directory that exists is whole. ``keep``:
-    remove all but the newest ``keep`` downloads of the same parent key (older adapter versions).
+    ``{"uri": URI, "options": {...}, "key": KEY}``: every object under ``KEY`` of the run's store,
+    opened by :func:`opensir.storage.open_store_uri` with the trainer's connection settings
+    (``options``) and the S3 credentials of this pod's environment, downloaded to
+    ``FETCH_ROOT/rank<N>/<bucket>/<prefix>/KEY``. A download completes under a temporary name first
+    (:func:`opensir.files.atomic_directory`), so a directory that exists is whole. ``keep``: remove
+    all but the newest ``keep`` downloads of the same parent key (older adapter versions).
     """
     if "path" in source:
         return Path(source["path"])
-    from opensir.spec import StorageSpec
-    from opensir.storage import open_store
+    from opensir.storage import open_store_uri
 
-    store = open_store(StorageSpec.model_validate(source["storage"]), source["namespace"], source["run"])
+    store = open_store_uri(str(source["uri"]), **source.get("options", {}))
     key = str(source["key"]).strip("/")
-    target = FETCH_ROOT / f"rank{rank}" / source["namespace"] / source["run"] / key
+    target = FETCH_ROOT / f"rank{rank}" / _local_name(store.uri) / key
     if target.is_dir():
         return target
     keys = store.list(key + "/")
     if not keys:
         raise FileNotFoundError(f"{store.uri}/{key}/ holds no files to load")
-    staging = target.with_name(f".{target.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    for name in keys:
-        store.get_file(name, staging / name.removeprefix(key + "/"))
-    staging.rename(target)
+    with atomic_directory(target) as staging:
+        for name in keys:
+            store.get_file(name, staging / name.removeprefix(key + "/"))
     if keep is not None:
         versions = sorted(p for p in target.parent.iterdir() if p.is_dir() and not p.name.startswith("."))
         for stale in versions[:-keep]:
-            shutil.rmtree(stale, ignore_errors=True)
+            _remove_download(stale)
     return target
+
+
+def _remove_download(directory: Path) -> None:
+    """Remove a download that is no longer needed. A failure is logged, not raised: a download left
+    behind costs disk space, not correctness, and must not fail the reload that used it."""
+    try:
+        shutil.rmtree(directory)
+    except OSError as error:
+        log.warning("could not remove the download %s: %s", directory, error)
+
+
+def _local_name(uri: str) -> Path:
+    """A relative path for the downloads of the store at ``uri``: its bucket and prefix, so that two
+    stores never share a directory."""
+    parsed = urlsplit(uri)
+    parts = [parsed.netloc, *parsed.path.split("/")]
+    if any(part in (".", "..") for part in parts):
+        raise ValueError(f"store URI {uri!r} has . or .. segments; it cannot name a download directory")
+    return Path(*(part for part in parts if part))
 
 
 _Slot = tuple[torch.nn.Module, str]

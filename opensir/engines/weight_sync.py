@@ -1,6 +1,6 @@
 """Getting the trainer's new weights into the generator: the seam, and the in-process case.
 
-The :class:`~opensir.engines.base.WeightSync` protocol is the seam; which implementation stands
+The :class:`~opensir.seams.WeightSync` protocol is the seam; which implementation stands
 behind it follows ``rollout.weightSync`` (see :meth:`~opensir.spec.SelfPlayRunSpec.weight_sync_kind`):
 
 - ``inprocess`` (:class:`InProcessWeightSync`): the generator samples from the trainer's own
@@ -15,6 +15,7 @@ Every push returns only once the generator serves the new version; a failure rai
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 from typing import Protocol
@@ -22,9 +23,12 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from opensir.engines.base import Trainer
 from opensir.errors import OpensirError
-from opensir.rl.trainer import is_peft_model
+from opensir.files import atomic_directory
+from opensir.models import is_peft_model
+from opensir.seams import Trainer
+
+log = logging.getLogger(__name__)
 
 
 class _HasModel(Protocol):
@@ -124,13 +128,13 @@ def write_adapter(model: nn.Module, directory: Path, version: int, *, keep: int 
         raise WeightSyncError(
             f"LoRA weight sync needs a LoRA (peft) model; the trainer's model is {type(model).__name__}"
         )
-    directory.mkdir(parents=True, exist_ok=True)
     final = directory / version_name(version)
-    staging = directory / f".{version_name(version)}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(str(staging))  # type: ignore[operator]
-    shutil.rmtree(final, ignore_errors=True)
-    staging.rename(final)
+    with atomic_directory(final) as staging:
+        model.save_pretrained(str(staging))  # type: ignore[operator]
     for stale in sorted(p for p in directory.glob("v*") if p.is_dir())[:-keep]:
-        shutil.rmtree(stale, ignore_errors=True)
+        try:
+            shutil.rmtree(stale)
+        except OSError as error:
+            # Pruning is housekeeping: an old version left behind costs disk space, not correctness.
+            log.warning("could not remove the old adapter %s: %s", stale, error)
     return final

@@ -22,7 +22,6 @@ from typing import Any
 
 from tqdm import tqdm
 
-from opensir.engines.base import Completion, Generator, SamplingParams
 from opensir.errors import OpensirError
 from opensir.evaluation.datasets import BENCHMARKS, Problem, benchmark_info, load_benchmark, sample_problems
 from opensir.evaluation.metrics import (
@@ -34,13 +33,15 @@ from opensir.evaluation.metrics import (
     macro_average,
 )
 from opensir.evaluation.scoring import Score, same_answer, score_response
+from opensir.layout import EVAL_RESULTS
+from opensir.seams import Completion, Generator, SamplingParams
 from opensir.selfplay.prompts import render_prompt, student_messages
 
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
 CACHE_FILE = "generations.jsonl"
-RESULTS_JSON = "results.json"
+RESULTS_JSON = EVAL_RESULTS
 RESULTS_MD = "results.md"
 CI_METHOD = "95% percentile bootstrap over problems (1000 resamples; stratified for the macro average)"
 

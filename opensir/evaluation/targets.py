@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from opensir.checkpoint import Checkpoint, CorruptCheckpointError, list_checkpoints
-from opensir.engines.base import Generator
 from opensir.errors import OpensirError
-from opensir.evaluation.results import evals_prefix
+from opensir.layout import CHECKPOINTS, evals_prefix
+from opensir.seams import Generator
 from opensir.spec import ModelSpec, SelfPlayRunSpec
 from opensir.storage import ArtifactStore, sha256_file
 
@@ -94,7 +94,7 @@ def checkpoint_target(
 
 def model_target(name: str, tokenizer: str | None = None, *, dtype: str = "auto") -> EvalTarget:
     """A hub id, local directory or ``builtin:`` model."""
-    from opensir.engines.models import resolve_model
+    from opensir.models import resolve_model
 
     return EvalTarget(name, resolve_model(name), ModelSpec(name=tokenizer or name, dtype=dtype))
 
@@ -103,13 +103,13 @@ def is_store_uri(model: str) -> bool:
     """Whether ``model`` names a run's store rather than a model."""
     if model.startswith(("file://", "s3://")):
         return True
-    return (Path(model).expanduser() / "checkpoints").is_dir()
+    return (Path(model).expanduser() / CHECKPOINTS).is_dir()
 
 
 # ----------------------------------------------------------------------------------------- engines
 def load_tokenizer_for(target: EvalTarget) -> Any:
     """The tokenizer (and chat template) that renders the prompts."""
-    from opensir.engines.models import load_tokenizer
+    from opensir.models import load_tokenizer
 
     return load_tokenizer(target.tokenizer)
 
@@ -127,7 +127,7 @@ def build_generator(
     OpenAI-compatible server (vLLM) already serving them at ``server_url``."""
     if engine == "hf":
         from opensir.engines.hf import HFGenerator
-        from opensir.engines.models import eos_token_ids, load_causal_lm, pick_device, pick_dtype
+        from opensir.models import eos_token_ids, load_causal_lm, pick_device, pick_dtype
 
         device = pick_device()
         spec = target.tokenizer.model_copy(update={"name": str(target.weights), "revision": None})
@@ -199,8 +199,8 @@ def store_results(store: ArtifactStore, step: int, directory: Path) -> list[str]
 # --------------------------------------------------------------------------------- inside a run
 def settings_of(spec: SelfPlayRunSpec, *, seed: int = 0) -> EvalSettings:
     """The evaluation settings of a run's ``spec.evaluation``."""
-    from opensir.engines.base import SamplingParams
     from opensir.evaluation.harness import EvalSettings
+    from opensir.seams import SamplingParams
 
     evaluation = spec.evaluation
     return EvalSettings(

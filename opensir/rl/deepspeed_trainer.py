@@ -34,7 +34,6 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from opensir.rl import distributed
-from opensir.rl.batch import TrainBatch
 from opensir.rl.trainer import (
     GRPOStepper,
     MicroBatch,
@@ -48,6 +47,7 @@ from opensir.rl.trainer import (
     make_scheduler,
     save_weights,
 )
+from opensir.seams import TrainBatch
 from opensir.spec import TrainingSpec
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def deepspeed_config(config: TrainingSpec) -> dict[str, Any]:
 
 
 class DeepSpeedTrainer(GRPOStepper):
-    """:class:`~opensir.engines.base.Trainer` on DeepSpeed ZeRO (stages 0–3, optional CPU offload).
+    """:class:`~opensir.seams.Trainer` on DeepSpeed ZeRO (stages 0–3, optional CPU offload).
 
     Every rank of the process group constructs it and calls :meth:`step`, :meth:`save` and
     :meth:`load` together, with the same arguments (these are collective). ``model`` is the full

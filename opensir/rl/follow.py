@@ -24,8 +24,8 @@ from typing import Literal
 from torch import nn
 
 from opensir.rl import distributed
-from opensir.rl.batch import TrainBatch, TrainStats
 from opensir.rl.deepspeed_trainer import DeepSpeedTrainer
+from opensir.seams import TrainBatch, TrainStats
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class Command:
 
 
 class LeaderTrainer:
-    """Rank 0's :class:`~opensir.engines.base.Trainer`: the DeepSpeed trainer, with the other ranks in tow."""
+    """Rank 0's :class:`~opensir.seams.Trainer`: the DeepSpeed trainer, with the other ranks in tow."""
 
     def __init__(self, trainer: DeepSpeedTrainer) -> None:
         self.trainer = trainer

@@ -10,42 +10,35 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 
-from opensir.engines.base import Completion
-from opensir.rl.batch import Role, TrainBatch, TrainSequence
 from opensir.rl.grpo import group_advantages
-from opensir.selfplay import RoundResult
+from opensir.seams import Role, TrainBatch, TrainSequence
+from opensir.selfplay.round import Round, Sampled
 
 LossMask = Callable[[Sequence[int], str], tuple[bool, ...]]
 
 
-def assemble_batch(
-    result: RoundResult,
-    teacher_prompts: Sequence[Sequence[int]],
-    teacher_completions: Sequence[Sequence[Completion]],
-    student_prompts: dict[tuple[int, int], Sequence[int]],
-    student_completions: dict[tuple[int, int], Sequence[Completion]],
-    teacher_mask: LossMask,
-) -> TrainBatch:
-    """The sequences of the selected teacher groups and student problems, with their advantages.
+def assemble_batch(round_: Round, teacher_mask: LossMask) -> TrainBatch:
+    """The sequences of the round's selected teacher groups and student problems, with their advantages.
 
     ``teacher_mask(token_ids, text)`` gives the loss mask of a teacher completion.
     """
     sequences: list[TrainSequence] = []
-    for group in result.teacher_groups:
-        rewards = [reward.total for reward in result.teacher_rewards[group]]
-        sequences += _group(
-            "teacher", teacher_prompts[group], teacher_completions[group], rewards, teacher_mask
-        )
-    for key in result.student_problems:
-        rewards = [reward.total for reward in result.student_rewards[key]]
-        sequences += _group("student", student_prompts[key], student_completions[key], rewards, _everything)
+    for index in round_.trained_groups:
+        group = round_.groups[index]
+        completions = [c.played.completion for c in group.candidates]
+        rewards = [c.reward.total for c in group.candidates]
+        sequences += _group("teacher", group.prompt, completions, rewards, teacher_mask)
+    for problem in round_.trained_problems:
+        completions = [s.completion for s in problem.samples]
+        rewards = [s.reward.total for s in problem.samples]
+        sequences += _group("student", problem.played.student_prompt, completions, rewards, _everything)
     return TrainBatch(tuple(sequences))
 
 
 def _group(
     role: Role,
     prompt: Sequence[int],
-    completions: Sequence[Completion],
+    completions: Sequence[Sampled],
     rewards: Sequence[float],
     mask: LossMask,
 ) -> Iterator[TrainSequence]:
@@ -56,7 +49,7 @@ def _group(
         yield TrainSequence(
             role=role,
             prompt_ids=tuple(prompt),
-            completion_ids=completion.token_ids,
+            completion_ids=tuple(completion.token_ids),
             loss_mask=loss_mask,
             advantage=float(advantage),
         )

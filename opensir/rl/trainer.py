@@ -31,8 +31,9 @@ import torch
 from safetensors.torch import load_file, save_model
 from torch import Tensor, nn
 
-from opensir.rl.batch import Role, TrainBatch, TrainSequence, TrainStats
+from opensir.models import is_peft_model
 from opensir.rl.grpo import grpo_loss
+from opensir.seams import Role, TrainBatch, TrainSequence, TrainStats
 from opensir.spec import TrainingSpec
 
 _STATE_FILE = "trainer_state.json"
@@ -175,7 +176,7 @@ class GRPOStepper:
     # ------------------------------------------------------------------------------------------ step
     def step(self, batch: TrainBatch) -> TrainStats:
         """One GRPO update on ``batch``: μ = ``iterations_per_batch`` optimizer updates on it, PPO-clipped
-        against the first pass's log-probabilities (or the sequences' ``old_logprobs`` where given)."""
+        against the first pass's log-probabilities."""
         if not batch.sequences:
             raise ValueError(
                 "TrainBatch has no sequences; the run loop must skip steps with nothing to train"
@@ -204,12 +205,12 @@ class GRPOStepper:
                     [s.advantage for s in sequences], dtype=torch.float32, device=self.device
                 )
                 with self._autocast():
-                    logprobs, valid = sequence_logprobs(
+                    logprobs, _ = sequence_logprobs(
                         module, sequences, pad_token_id=self.pad_token_id, device=self.device
                     )
                 mask = _loss_mask(sequences, logprobs.shape, self.device)
-                if olds[k] is None:
-                    olds[k] = _old_logprobs(sequences, logprobs.detach(), valid)
+                if olds[k] is None:  # the first pass is the sampling policy: ratio 1, later passes clip
+                    olds[k] = logprobs.detach()
                 loss, parts = grpo_loss(
                     logprobs,
                     olds[k],
@@ -280,12 +281,12 @@ class MicroBatch:
 
 
 class TorchTrainer(GRPOStepper):
-    """:class:`~opensir.engines.base.Trainer` for one process (CPU or one GPU).
+    """:class:`~opensir.seams.Trainer` for one process (CPU or one GPU).
 
     ``config.iterations_per_batch`` (GRPO's μ) > 1 makes :meth:`step` take μ AdamW updates on the same
-    batch, PPO-clipped against the log-probabilities of the first pass (or the sequences'
-    ``old_logprobs`` where given); the learning-rate schedule and ``step_count`` count calls to
-    :meth:`step` (self-play rounds), so all μ updates of a round use the round's learning rate.
+    batch, PPO-clipped against the log-probabilities of the first pass; the learning-rate schedule
+    and ``step_count`` count calls to :meth:`step` (self-play rounds), so all μ updates of a round use
+    the round's learning rate.
 
     With ``config.lora.enabled`` pass a peft model (see :func:`opensir.rl.lora.apply_lora`): only the
     adapters train, and the reference log-probabilities come from the same model with its adapters
@@ -408,11 +409,6 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
         model.enable_input_require_grads()
 
 
-def is_peft_model(model: nn.Module) -> bool:
-    """Whether ``model`` is a peft model (LoRA mode)."""
-    return hasattr(model, "peft_config") and hasattr(model, "disable_adapter")
-
-
 def adapters_disabled(model: nn.Module) -> AbstractContextManager[object]:
     """The base model of a peft model (its adapters off): LoRA's KL reference; a no-op otherwise."""
     if is_peft_model(model):
@@ -455,18 +451,6 @@ def _loss_mask(sequences: Sequence[TrainSequence], shape: torch.Size, device: to
     for row, sequence in enumerate(sequences):
         mask[row, : len(sequence.loss_mask)] = torch.tensor(sequence.loss_mask, dtype=torch.bool)
     return mask.to(device)
-
-
-def _old_logprobs(sequences: Sequence[TrainSequence], current: Tensor, valid: Tensor) -> Tensor | None:
-    """The sampling policy's log-probabilities: the sequences' own where given, else the current
-    (first-pass) ones, so that the first pass has ratio 1 and later passes clip against it."""
-    if all(s.old_logprobs is None for s in sequences):
-        return current
-    old = current.clone()
-    for row, sequence in enumerate(sequences):
-        if sequence.old_logprobs is not None:
-            old[row, : len(sequence.old_logprobs)] = torch.tensor(sequence.old_logprobs, dtype=old.dtype)
-    return old.masked_fill(~valid, 0.0)
 
 
 def load_weights(model: nn.Module, model_dir: Path) -> None:

@@ -2,12 +2,13 @@
 
 prompts (what the policy is asked), parsing (what it wrote), answers (what math-verify reads and the
 majority vote), rewards (every term and its weighted total), selection (which groups are trained),
-pool (problems and embeddings, persisted in shards), round (one round, scored), bootstrap (the
-optional in-band initial pool). Nothing here samples from a model or touches a GPU.
+pool (problems and embeddings, persisted in shards), round (one round as one typed record, scored),
+bootstrap (the rules of the optional in-band initial pool). Nothing here samples from a model or
+touches a GPU.
 """
 
 from opensir.selfplay.answers import Answer, Vote, majority_vote, read_answer
-from opensir.selfplay.bootstrap import BootstrapProblem, BootstrapResult, BootstrapState, bootstrap_pool
+from opensir.selfplay.bootstrap import BootstrapProblem, BootstrapState
 from opensir.selfplay.parsing import (
     TeacherOutput,
     has_final_answer_line,
@@ -18,35 +19,51 @@ from opensir.selfplay.parsing import (
 from opensir.selfplay.pool import NewProblem, PoolProblem, ProblemPool
 from opensir.selfplay.prompts import completion_loss_mask, render_prompt, student_messages, teacher_messages
 from opensir.selfplay.rewards import (
-    StudentReward,
-    TeacherReward,
+    STUDENT_TERMS,
+    TEACHER_TERMS,
+    Reward,
+    RewardTerm,
     diversity_reward,
     length_reward,
     solvability_reward,
-    student_rewards,
-    teacher_rewards,
 )
-from opensir.selfplay.round import RoundResult, RoundStats, score_round
+from opensir.selfplay.round import (
+    Candidate,
+    Group,
+    PlayedCandidate,
+    PlayedGroup,
+    Round,
+    RoundStats,
+    StudentSample,
+    legal_problems,
+    score_round,
+)
 from opensir.selfplay.selection import select_student_problems, select_teacher_groups
 
 __all__ = [
+    "STUDENT_TERMS",
+    "TEACHER_TERMS",
     "Answer",
     "BootstrapProblem",
-    "BootstrapResult",
     "BootstrapState",
+    "Candidate",
+    "Group",
     "NewProblem",
+    "PlayedCandidate",
+    "PlayedGroup",
     "PoolProblem",
     "ProblemPool",
-    "RoundResult",
+    "Reward",
+    "RewardTerm",
+    "Round",
     "RoundStats",
-    "StudentReward",
+    "StudentSample",
     "TeacherOutput",
-    "TeacherReward",
     "Vote",
-    "bootstrap_pool",
     "completion_loss_mask",
     "diversity_reward",
     "has_final_answer_line",
+    "legal_problems",
     "length_reward",
     "majority_vote",
     "parse_teacher",
@@ -58,8 +75,6 @@ __all__ = [
     "select_teacher_groups",
     "solvability_reward",
     "student_messages",
-    "student_rewards",
     "teacher_format_ok",
     "teacher_messages",
-    "teacher_rewards",
 ]

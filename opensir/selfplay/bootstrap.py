@@ -1,8 +1,9 @@
 """Optional bootstrap: grow the seed problem(s) into a pool whose solve rates are already in band.
 
-Each round draws reference problems (the seeds and everything accepted so far), asks the policy as
-teacher for one new problem per reference, answers each legal one ``student.samples`` times, and
-accepts the problems that pass the reference's filters:
+The rules, as pure functions; :mod:`opensir.loop.bootstrap` runs the rounds. Each round draws
+reference problems (the seeds and everything accepted so far), asks the policy as teacher for one new
+problem per reference, answers each legal one ``student.samples`` times, and accepts the problems
+that pass the reference's filters:
 
 * the majority answer's solve rate is inside the band (edges included),
 * the majority answer contains a digit (answers without one are mostly words read as variables),
@@ -10,27 +11,22 @@ accepts the problems that pass the reference's filters:
 * the majority answer does not appear in the problem text as a whole token (a leaked answer),
 * (added here) the same text was not accepted before.
 
-It stops at ``bootstrap.problems`` accepted problems or after ``bootstrap.max_rounds`` rounds. The
-state after every round goes to ``on_round``, and passing it back as ``state`` continues where it
-stopped; round ``r`` draws its references from ``numpy.random.default_rng([seed, r])``, so a resumed
-run makes the same draws as one that never stopped.
+It stops at ``bootstrap.problems`` accepted problems or after ``bootstrap.max_rounds`` rounds; the
+state after every round is what a resumed bootstrap continues from.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
 
 import numpy as np
 
-from opensir.engines.base import Embedder, Generator, SamplingParams
-from opensir.selfplay.answers import vote_on_completions
-from opensir.selfplay.parsing import parse_teacher_completion
-from opensir.selfplay.pool import NewProblem, ProblemPool
-from opensir.selfplay.prompts import render_prompt, student_messages, teacher_messages
+from opensir.selfplay.answers import Vote
+from opensir.selfplay.parsing import TeacherOutput
+from opensir.selfplay.pool import NewProblem
 from opensir.selfplay.rewards import in_band
 from opensir.spec import SelfPlaySpec
 
@@ -71,16 +67,6 @@ class BootstrapState:
         return BootstrapState(accepted, int(data["rounds"]), int(data["candidates"]), dict(data["rejected"]))
 
 
-@dataclass(frozen=True)
-class BootstrapResult:
-    """The final state and the pool built from it (seeds first, then the accepted problems)."""
-
-    state: BootstrapState
-    pool: ProblemPool
-    complete: bool
-    """Whether the target number of problems was reached (False: max_rounds ran out first)."""
-
-
 def contains_xml_tag(text: str) -> bool:
     """Whether the text holds a tag like ``<problem>`` or ``</think>`` (not ``x < 5`` or ``<a>``)."""
     return any(len(m.group(1)) > 1 for m in _XML_TAG.finditer(text))
@@ -91,7 +77,7 @@ def answer_leaked(answer: str, problem: str) -> bool:
     return re.search(r"(?<!\w)" + re.escape(answer) + r"(?!\w)", problem) is not None
 
 
-def _verdict(text: str, answer: str | None, solve_rate: float, config: SelfPlaySpec) -> str:
+def verdict(text: str, answer: str | None, solve_rate: float, config: SelfPlaySpec) -> str:
     """ "" when a candidate passes the filters, otherwise the reason it does not."""
     if answer is None:
         return "no_answer"
@@ -108,130 +94,73 @@ def _verdict(text: str, answer: str | None, solve_rate: float, config: SelfPlayS
     return ""
 
 
-def _run_round(
-    state: BootstrapState,
-    seed_problems: Sequence[str],
-    generator: Generator,
-    student_generator: Generator,
-    tokenizer: Any,
-    config: SelfPlaySpec,
-    seed: int,
-    prompts_per_round: int,
-    chat_template: str | None,
-) -> BootstrapState:
+def draw_references(
+    state: BootstrapState, seed_problems: Sequence[str], seed: int, count: int
+) -> tuple[list[str], int]:
+    """The reference problems of round ``state.rounds`` and the seed of its sampling.
+
+    Drawn from ``numpy.random.default_rng([seed, round])`` among the seeds and every problem accepted
+    so far, so a resumed bootstrap makes the same draws as one that never stopped.
+    """
     rng = np.random.default_rng([seed, state.rounds])
     references = [*seed_problems, *(p.text for p in state.accepted)]
-    picks = rng.integers(0, len(references), size=prompts_per_round)
-    prompts = [
-        render_prompt(tokenizer, teacher_messages(references[i], config.prompts), chat_template)
-        for i in picks
-    ]
-    round_seed = int(rng.integers(0, 2**31 - 1))
-    teacher_out = generator.generate(
-        prompts, 1, SamplingParams.from_spec(config.teacher.sampling, round_seed)
-    )
-    rejected = dict(state.rejected)
+    picks = rng.integers(0, len(references), size=count)
+    return [references[i] for i in picks], int(rng.integers(0, 2**31 - 1))
+
+
+def screen(parsed: Sequence[TeacherOutput]) -> tuple[list[TeacherOutput], dict[str, int]]:
+    """The candidates worth answering (legal, no XML-like tag: filtered before answering, as the
+    reference does) and how many of the others were turned down, by reason."""
+    rejected: dict[str, int] = {}
     candidates = []
-    for completions in teacher_out:
-        for completion in completions:
-            parsed = parse_teacher_completion(completion.text, config.teacher)
-            if not parsed.legal or parsed.problem is None:
-                rejected["illegal"] = rejected.get("illegal", 0) + 1
-            elif contains_xml_tag(parsed.problem):  # filtered before answering, as the reference does
-                rejected["xml_tag"] = rejected.get("xml_tag", 0) + 1
-            else:
-                candidates.append(parsed)
+    for output in parsed:
+        if not output.legal or output.problem is None:
+            rejected["illegal"] = rejected.get("illegal", 0) + 1
+        elif contains_xml_tag(output.problem):
+            rejected["xml_tag"] = rejected.get("xml_tag", 0) + 1
+        else:
+            candidates.append(output)
+    return candidates, rejected
+
+
+def judge(
+    state: BootstrapState,
+    candidates: Sequence[TeacherOutput],
+    votes: Sequence[Vote],
+    screened_out: Mapping[str, int],
+    completions: int,
+    config: SelfPlaySpec,
+) -> BootstrapState:
+    """The state after one round: the candidates that pass every filter are accepted (up to
+    ``bootstrap.problems``), the rest counted by the reason they were turned down."""
+    rejected = dict(state.rejected)
+    for reason, count in screened_out.items():
+        rejected[reason] = rejected.get(reason, 0) + count
     accepted = list(state.accepted)
     seen = {p.text for p in accepted}
-    if candidates:
-        student_prompts = [
-            render_prompt(tokenizer, student_messages(c.problem or "", config.prompts), chat_template)
-            for c in candidates
-        ]
-        answers_out = student_generator.generate(
-            student_prompts,
-            config.student.samples,
-            SamplingParams.from_spec(config.student.sampling, round_seed + 1),
-        )
-        for candidate, completions in zip(candidates, answers_out, strict=True):
-            _, vote = vote_on_completions([c.text for c in completions], config.student)
-            text = candidate.problem or ""
-            reason = _verdict(text, vote.answer, vote.solve_rate, config)
-            if not reason and text in seen:
-                reason = "duplicate"
-            if reason or len(accepted) >= config.bootstrap.problems:
-                key = reason or "surplus"
-                rejected[key] = rejected.get(key, 0) + 1
-                continue
-            assert vote.answer is not None
-            accepted.append(BootstrapProblem(text, candidate.concepts, vote.answer, vote.solve_rate))
-            seen.add(text)
+    for candidate, vote in zip(candidates, votes, strict=True):
+        text = candidate.problem or ""
+        reason = verdict(text, vote.answer, vote.solve_rate, config)
+        if not reason and text in seen:
+            reason = "duplicate"
+        if reason or len(accepted) >= config.bootstrap.problems:
+            key = reason or "surplus"
+            rejected[key] = rejected.get(key, 0) + 1
+            continue
+        assert vote.answer is not None
+        accepted.append(BootstrapProblem(text, candidate.concepts, vote.answer, vote.solve_rate))
+        seen.add(text)
     return replace(
         state,
         accepted=tuple(accepted),
         rounds=state.rounds + 1,
-        candidates=state.candidates + sum(len(c) for c in teacher_out),
+        candidates=state.candidates + completions,
         rejected=rejected,
     )
 
 
-def build_pool(
-    seed_problems: Sequence[str], state: BootstrapState, embedder: Embedder, config: SelfPlaySpec
-) -> ProblemPool:
-    """The initial pool: the seed problems, then the accepted problems, embedded."""
-    problems = [NewProblem(text, source="seed") for text in seed_problems] + [
+def initial_problems(seed_problems: Sequence[str], state: BootstrapState) -> list[NewProblem]:
+    """The initial pool's problems: the seeds, then the accepted problems."""
+    return [NewProblem(text, source="seed") for text in seed_problems] + [
         NewProblem(p.text, p.concepts, p.solve_rate, p.answer, 0, "bootstrap") for p in state.accepted
     ]
-    pool = ProblemPool(
-        embedder.dim,
-        max_size=config.pool.max_size,
-        dedup_threshold=config.pool.dedup_threshold,
-        sampling=config.pool.sampling,
-    )
-    if problems:
-        pool.add(problems, embedder.embed([p.text for p in problems]))
-    return pool
-
-
-def bootstrap_pool(
-    seed_problems: Sequence[str],
-    *,
-    generator: Generator,
-    tokenizer: Any,
-    embedder: Embedder,
-    config: SelfPlaySpec,
-    seed: int = 0,
-    prompts_per_round: int = 32,
-    chat_template: str | None = None,
-    state: BootstrapState | None = None,
-    on_round: Callable[[BootstrapState], None] | None = None,
-    student_generator: Generator | None = None,
-) -> BootstrapResult:
-    """Run (or continue, from ``state``) the bootstrap and build the initial pool from it.
-
-    ``prompts_per_round`` teacher prompts are sampled per round, one completion each; every legal
-    candidate is answered ``config.student.samples`` times with the student sampling settings, by
-    ``student_generator`` when given (a scaffolded one, say) and by ``generator`` otherwise.
-    """
-    if not seed_problems:
-        raise ValueError("bootstrap needs at least one seed problem")
-    if prompts_per_round < 1:
-        raise ValueError(f"prompts_per_round must be positive, got {prompts_per_round}")
-    current = state or BootstrapState()
-    target, max_rounds = config.bootstrap.problems, config.bootstrap.max_rounds
-    while len(current.accepted) < target and current.rounds < max_rounds:
-        current = _run_round(
-            current,
-            seed_problems,
-            generator,
-            student_generator or generator,
-            tokenizer,
-            config,
-            seed,
-            prompts_per_round,
-            chat_template,
-        )
-        if on_round is not None:
-            on_round(current)
-    pool = build_pool(seed_problems, current, embedder, config)
-    return BootstrapResult(current, pool, complete=len(current.accepted) >= target)

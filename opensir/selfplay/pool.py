@@ -17,7 +17,6 @@ On disk (``directory``)::
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -25,6 +24,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+
+from opensir.files import write_atomic
 
 PoolSampling = Literal["uniform", "recent", "unexplored"]
 _FORMAT = 1
@@ -88,16 +89,6 @@ def _normalise(embeddings: np.ndarray, dim: int) -> np.ndarray:
     if (norms == 0).any():
         raise ValueError("an embedding is the zero vector; it has no direction to compare")
     return (rows / norms).astype(np.float32, copy=False)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary name, flush to disk, then rename: readers see all of it or none of it."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -318,8 +309,8 @@ class ProblemPool:
             lines = "".join(e.to_json() + "\n" for e in entries if e is not None)
             matrix = np.ascontiguousarray(self._matrix[begin : self._end])
             jsonl, npy = directory / f"{shard.stem}.jsonl", directory / f"{shard.stem}.npy"
-            _write_atomic(jsonl, lines.encode("utf-8"))
-            _write_atomic(npy, _npy_bytes(matrix))
+            write_atomic(jsonl, lines.encode("utf-8"))
+            write_atomic(npy, _npy_bytes(matrix))
             written += [jsonl, npy]
             self._shards.append(shard)
         self._shards = [s for s in self._shards if s.last_id >= first_live_id]
@@ -333,7 +324,7 @@ class ProblemPool:
             "draw_counts": self._draws[self._start : self._end].tolist(),
         }
         state_path = directory / f"state-{self._next_id:012d}.json"
-        _write_atomic(state_path, json.dumps(state).encode("utf-8"))
+        write_atomic(state_path, json.dumps(state).encode("utf-8"))
         written.append(state_path)
         self._saved_next_id = self._next_id
         self._remove_abandoned(directory)

@@ -1,18 +1,23 @@
 """Reward terms of both roles (DESIGN.md §1, items 3 and 4) and their weighted totals.
 
-Every term is a plain function of already-computed facts (solve rate, embeddings, token counts),
-so the shapes can be pinned by unit tests; every value is finite and in ``[0, 1]`` before weighting.
+The shapes (solvability triangle, diversity, length) are plain functions of already-computed facts,
+so they can be pinned by unit tests. Each role's reward is a declared list of terms
+(:data:`TEACHER_TERMS`, :data:`STUDENT_TERMS`): a name, a function of the facts and a weight read
+from the spec. Every value is finite and in ``[0, 1]`` before weighting.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import numpy as np
 
-from opensir.spec import StudentRewardWeights, TeacherRewardWeights
+from opensir.selfplay.answers import Vote
+from opensir.selfplay.parsing import TeacherOutput, has_final_answer_line, teacher_format_ok
+from opensir.spec import RewardsSpec, SelfPlaySpec
 
 NO_NEIGHBOUR_DIVERSITY = 0.5
 """Diversity of a candidate that has nothing to be compared with (empty pool, alone in its round):
@@ -108,69 +113,120 @@ def length_reward(token_counts: Sequence[int], cap: int) -> float:
     return min(float(np.mean(token_counts)), float(cap)) / cap
 
 
+# ------------------------------------------------------------------------------ the reward terms
 @dataclass(frozen=True)
-class TeacherReward:
-    """The teacher reward terms of one completion (each in [0, 1]) and their weighted total."""
+class TeacherFacts:
+    """What a teacher reward term may read of one legal problem, already computed by the round."""
 
-    solvability: float
+    parsed: TeacherOutput
+    vote: Vote
+    difficulty: float
+    """The solvability triangle of the solve rate; 0 for a problem without a majority answer."""
     diversity: float
-    format: float
-    length: float
-    total: float
+    student_token_counts: tuple[int, ...]
+    """Completion tokens of each of THIS problem's student samples."""
+    config: SelfPlaySpec
 
 
 @dataclass(frozen=True)
-class StudentReward:
-    """The student reward terms of one sample (each 0 or 1) and their weighted total."""
+class StudentFacts:
+    """What a student reward term may read of one student sample."""
 
-    accuracy: float
-    format: float
+    text: str
+    agrees: bool
+    """Whether the sample's answer votes with the majority (the pseudo-label)."""
+    config: SelfPlaySpec
+
+
+F = TypeVar("F", TeacherFacts, StudentFacts)
+
+
+@dataclass(frozen=True)
+class RewardTerm(Generic[F]):
+    """One term of a role's reward: a function of the facts, in [0, 1], and its weight in the spec.
+
+    A role's reward is the weighted sum of its terms, in the order of its list
+    (:data:`TEACHER_TERMS`, :data:`STUDENT_TERMS`); the reward records, the metrics' ``component``
+    labels and the dashboard are all derived from these lists, so a new term is one function and one
+    entry. Its weight comes from the spec through ``weight`` (add a field to ``TeacherRewardWeights``
+    to make it configurable, or return a constant).
+    """
+
+    name: str
+    compute: Callable[[F], float]
+    weight: Callable[[RewardsSpec], float]
+    description: str
+
+
+def _solvability(facts: TeacherFacts) -> float:
+    return facts.difficulty
+
+
+def _diversity(facts: TeacherFacts) -> float:
+    return facts.diversity
+
+
+def _teacher_format(facts: TeacherFacts) -> float:
+    return 1.0 if teacher_format_ok(facts.parsed) else 0.0
+
+
+def _length(facts: TeacherFacts) -> float:
+    # The reference computes the length only for problems with a majority answer.
+    if facts.vote.answer is None:
+        return 0.0
+    return length_reward(facts.student_token_counts, facts.config.rewards.length_cap_tokens)
+
+
+def _accuracy(facts: StudentFacts) -> float:
+    return 1.0 if facts.agrees else 0.0
+
+
+def _student_format(facts: StudentFacts) -> float:
+    return 1.0 if has_final_answer_line(facts.text, facts.config.student.format_rule) else 0.0
+
+
+TEACHER_TERMS: tuple[RewardTerm[TeacherFacts], ...] = (
+    RewardTerm("solvability", _solvability, lambda w: w.teacher.solvability, "solve rate inside the band"),
+    RewardTerm("diversity", _diversity, lambda w: w.teacher.diversity, "distance to the pool"),
+    RewardTerm("format", _teacher_format, lambda w: w.teacher.format, "legal and a <think> block"),
+    RewardTerm("length", _length, lambda w: w.teacher.length, "mean student completion length"),
+)
+"""The teacher's reward (DESIGN.md §1.3), term by term, in the order their weighted sum is taken."""
+
+STUDENT_TERMS: tuple[RewardTerm[StudentFacts], ...] = (
+    RewardTerm("accuracy", _accuracy, lambda w: w.student.accuracy, "agrees with the majority answer"),
+    RewardTerm("format", _student_format, lambda w: w.student.format, "the final-answer line"),
+)
+"""The student's reward (DESIGN.md §1.4)."""
+
+
+@dataclass(frozen=True)
+class Reward:
+    """One completion's reward: each term's value (in [0, 1]) by name, and their weighted total."""
+
+    terms: Mapping[str, float]
     total: float
 
+    def __getitem__(self, name: str) -> float:
+        return self.terms[name]
 
-ZERO_TEACHER_REWARD = TeacherReward(0.0, 0.0, 0.0, 0.0, 0.0)
-"""What an illegal teacher completion gets: it earns none of the terms (as in the reference)."""
 
-
-def teacher_rewards(
-    *,
-    solvability: float,
-    diversity: float,
-    format_ok: bool,
-    length: float,
-    weights: TeacherRewardWeights,
-) -> TeacherReward:
-    """Combine the teacher terms with the spec's weights (1.0, 1.0, 0.1, 1.0 by default)."""
-    terms = (solvability, diversity, 1.0 if format_ok else 0.0, length)
-    for name, value in zip(("solvability", "diversity", "format", "length"), terms, strict=True):
+def weigh(terms: Sequence[RewardTerm[F]], facts: F, weights: RewardsSpec) -> Reward:
+    """Every term of ``terms`` on ``facts`` and their weighted sum (taken in the terms' order)."""
+    values: dict[str, float] = {}
+    total = 0.0
+    for term in terms:
+        value = float(term.compute(facts))
         if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-            raise ValueError(f"teacher {name} term must be in [0, 1], got {value}")
-    total = (
-        weights.solvability * terms[0]
-        + weights.diversity * terms[1]
-        + weights.format * terms[2]
-        + weights.length * terms[3]
-    )
-    return TeacherReward(*terms, total=float(total))
+            raise ValueError(f"reward term {term.name} must be in [0, 1], got {value}")
+        values[term.name] = value
+        total += term.weight(weights) * value
+    return Reward(values, float(total))
 
 
-def student_rewards(
-    *,
-    agrees: Sequence[bool],
-    format_ok: Sequence[bool],
-    weights: StudentRewardWeights,
-) -> list[StudentReward]:
-    """One reward per student sample: accuracy (agrees with the majority) and format (final-answer line).
-
-    An answer that did not parse never agrees, so it earns no accuracy reward.
-    """
-    if len(agrees) != len(format_ok):
-        raise ValueError(f"{len(agrees)} accuracy flags for {len(format_ok)} format flags")
-    rewards = []
-    for agree, fmt in zip(agrees, format_ok, strict=True):
-        accuracy, form = (1.0 if agree else 0.0), (1.0 if fmt else 0.0)
-        rewards.append(StudentReward(accuracy, form, weights.accuracy * accuracy + weights.format * form))
-    return rewards
+def zero_reward(terms: Sequence[RewardTerm[F]]) -> Reward:
+    """What an illegal teacher completion gets: none of the terms (as in the reference)."""
+    return Reward({term.name: 0.0 for term in terms}, 0.0)
 
 
 def selection_score(difficulty: float, diversity: float) -> float:

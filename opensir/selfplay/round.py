@@ -1,10 +1,14 @@
-"""Scoring one self-play round: from parsed teacher completions and student answers to rewards
-and selections. Pure: the runner generates, embeds and trains; this module only decides.
+"""One self-play round as one typed record: teacher groups → candidate problems → student samples.
+
+The loop fills in what it generated (:class:`PlayedGroup`, :class:`PlayedCandidate`);
+:func:`score_round` votes, rewards and selects, and returns a :class:`Round` that the pool append,
+the batch assembly and the metrics all read. Pure: the loop generates, embeds and trains; this module
+only decides.
 
 Decisions, with what the reference does:
 
-* An illegal teacher completion gets :data:`~opensir.selfplay.rewards.ZERO_TEACHER_REWARD` (the
-  reference gives it only what it earns, which is nothing: no solve rate, no embedding, no format).
+* An illegal teacher completion gets the zero reward (the reference gives it only what it earns,
+  which is nothing: no solve rate, no embedding, no format).
 * A legal problem whose student answers all fail to parse has no label: solvability 0 and length 0
   (the reference computes length only for problems with a majority answer), but it keeps its
   diversity and format terms, and its student samples all get accuracy 0.
@@ -17,36 +21,133 @@ Decisions, with what the reference does:
   (reference "top" strategy; a group where every sample gets the same reward is still eligible, as
   in the reference, and simply carries no gradient).
 * A round without any problem that has a majority answer is *skipped*: no selection, and
-  ``RoundResult.skipped`` says why (the reference crashed one rank and hung the others).
+  :attr:`Round.skip_reason` says why (the reference crashed one rank and hung the others).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 from opensir.selfplay.answers import Vote, vote_on_completions
-from opensir.selfplay.parsing import TeacherOutput, has_final_answer_line, teacher_format_ok
+from opensir.selfplay.parsing import TeacherOutput
+from opensir.selfplay.pool import NewProblem
 from opensir.selfplay.rewards import (
-    ZERO_TEACHER_REWARD,
-    StudentReward,
-    TeacherReward,
+    STUDENT_TERMS,
+    TEACHER_TERMS,
+    Reward,
+    RewardTerm,
+    StudentFacts,
+    TeacherFacts,
     diversity_reward,
     in_band,
-    length_reward,
     selection_score,
     solvability_reward,
-    student_rewards,
-    teacher_rewards,
+    weigh,
+    zero_reward,
 )
 from opensir.selfplay.selection import select_student_problems, select_teacher_groups
 from opensir.spec import SelfPlaySpec
 
-Key = tuple[int, int]
-"""(teacher group, completion within the group)."""
+
+class Sampled(Protocol):
+    """What a round reads of a generated completion (``opensir.seams.Completion`` is one)."""
+
+    @property
+    def text(self) -> str: ...
+
+    @property
+    def token_ids(self) -> Sequence[int]: ...
+
+    @property
+    def sampled(self) -> Sequence[bool] | None:
+        """Per token, False where the token was forced rather than sampled (kept out of the loss)."""
+        ...
+
+
+# ------------------------------------------------------------------------------- what was played
+@dataclass(frozen=True)
+class PlayedCandidate:
+    """One teacher completion and, when it is a legal problem, the student's answers to it."""
+
+    completion: Sampled
+    parsed: TeacherOutput
+    student_prompt: tuple[int, ...] = ()
+    """The student prompt's token ids (empty for an illegal completion, which is not answered)."""
+    answers: tuple[Sampled, ...] = ()
+
+    @property
+    def problem(self) -> str:
+        """The legal problem's text."""
+        if self.parsed.problem is None:
+            raise ValueError("an illegal teacher completion has no problem")
+        return self.parsed.problem
+
+
+@dataclass(frozen=True)
+class PlayedGroup:
+    """The ``groupSize`` completions of one teacher prompt."""
+
+    reference: str
+    """The pool problem the prompt showed."""
+    prompt: tuple[int, ...]
+    candidates: tuple[PlayedCandidate, ...]
+
+
+# -------------------------------------------------------------------------------- what was scored
+@dataclass(frozen=True)
+class StudentSample:
+    """One student answer to a candidate problem, read and rewarded."""
+
+    completion: Sampled
+    answer: str | None
+    """What the vote read from it (None: no answer)."""
+    reward: Reward
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One teacher completion, scored. Illegal ones have no vote, samples or diversity."""
+
+    group: int
+    index: int
+    played: PlayedCandidate
+    reward: Reward
+    vote: Vote | None = None
+    samples: tuple[StudentSample, ...] = ()
+    difficulty: float = 0.0
+    """The solvability triangle of the solve rate (0 without a majority answer)."""
+    diversity: float | None = None
+
+    @property
+    def legal(self) -> bool:
+        return self.played.parsed.legal
+
+    @property
+    def answered(self) -> bool:
+        """Legal, with a majority answer (only these have a selection score)."""
+        return self.vote is not None and self.vote.answer is not None
+
+    @property
+    def score(self) -> float | None:
+        """Selection score: difficulty + diversity; None without a majority answer."""
+        if not self.answered or self.diversity is None:
+            return None
+        return selection_score(self.difficulty, self.diversity)
+
+
+@dataclass(frozen=True)
+class Group:
+    """One teacher prompt's candidates, scored."""
+
+    index: int
+    reference: str
+    prompt: tuple[int, ...]
+    candidates: tuple[Candidate, ...]
 
 
 @dataclass(frozen=True)
@@ -71,167 +172,171 @@ class RoundStats:
 
 
 @dataclass(frozen=True)
-class RoundResult:
-    """Everything the runner needs from one round; ``skipped`` rounds have empty selections."""
+class Round:
+    """A scored round: everything the pool, the trainer's batch and the metrics need."""
 
-    teacher_rewards: tuple[tuple[TeacherReward, ...], ...]
-    """[group][completion]."""
-    legal_keys: tuple[Key, ...]
-    """Legal completions in row-major order (the order of the candidate embeddings)."""
-    answers: Mapping[Key, tuple[str | None, ...]]
-    votes: Mapping[Key, Vote]
-    student_rewards: Mapping[Key, tuple[StudentReward, ...]]
-    difficulty: Mapping[Key, float]
-    """Solvability triangle of the solve rate (0 for problems without a majority answer)."""
-    diversity: Mapping[Key, float]
-    scores: Mapping[Key, float]
-    """Selection score (difficulty + diversity), only for problems with a majority answer."""
-    teacher_groups: tuple[int, ...]
-    """Selected teacher groups, best first."""
-    student_problems: tuple[Key, ...]
+    groups: tuple[Group, ...]
+    trained_groups: tuple[int, ...]
+    """Selected teacher groups (indices into :attr:`groups`), best first."""
+    trained_problems: tuple[Candidate, ...]
     """Selected student problems, best first."""
     stats: RoundStats
-    skipped: bool
     skip_reason: str = ""
 
+    @property
+    def skipped(self) -> bool:
+        return bool(self.skip_reason)
 
-def _mean(values: Sequence[float]) -> float:
-    return float(sum(values) / len(values)) if values else 0.0
+    @property
+    def candidates(self) -> tuple[Candidate, ...]:
+        """Every teacher completion, group by group."""
+        return tuple(c for group in self.groups for c in group.candidates)
 
+    @property
+    def legal(self) -> tuple[Candidate, ...]:
+        """The legal candidates, in the order of their embeddings."""
+        return tuple(c for c in self.candidates if c.legal)
 
-def _check_inputs(
-    parsed: Sequence[Sequence[TeacherOutput]],
-    legal: list[Key],
-    student_texts: Mapping[Key, Sequence[str]],
-    student_token_counts: Mapping[Key, Sequence[int]],
-    candidate_embeddings: np.ndarray,
-) -> None:
-    missing = [key for key in legal if key not in student_texts or key not in student_token_counts]
-    if missing:
-        raise ValueError(f"no student completions for legal problems {missing}")
-    for key in legal:
-        if len(student_texts[key]) != len(student_token_counts[key]):
-            raise ValueError(
-                f"problem {key}: {len(student_texts[key])} student texts but "
-                f"{len(student_token_counts[key])} token counts"
+    def new_problems(self, step: int) -> list[NewProblem]:
+        """Every legal problem, for the pool (appended after scoring: diversity is against the pool
+        before this round)."""
+        return [
+            NewProblem(
+                text=c.played.problem,
+                concepts=c.played.parsed.concepts,
+                solve_rate=c.vote.solve_rate if c.vote is not None else None,
+                answer=c.vote.answer if c.vote is not None else None,
+                step_added=step,
+                source="teacher",
             )
-    if candidate_embeddings.shape[0] != len(legal):
-        raise ValueError(
-            f"{candidate_embeddings.shape[0]} candidate embeddings for {len(legal)} legal problems"
-        )
-    if candidate_embeddings.size and not np.isfinite(candidate_embeddings).all():
-        raise ValueError("candidate embeddings must be finite")
+            for c in self.legal
+        ]
 
 
+def legal_problems(groups: Sequence[PlayedGroup]) -> list[str]:
+    """The texts of the legal problems, group by group: what is embedded, in this order."""
+    return [c.problem for group in groups for c in group.candidates if c.parsed.legal]
+
+
+# ---------------------------------------------------------------------------------------- scoring
 def score_round(
-    parsed: Sequence[Sequence[TeacherOutput]],
-    student_texts: Mapping[Key, Sequence[str]],
-    student_token_counts: Mapping[Key, Sequence[int]],
+    groups: Sequence[PlayedGroup],
     candidate_embeddings: np.ndarray,
     pool_embeddings: np.ndarray,
     config: SelfPlaySpec,
-) -> RoundResult:
-    """Vote, reward and select for one round (see the module docstring for every rule)."""
-    legal = [(g, c) for g, group in enumerate(parsed) for c, out in enumerate(group) if out.legal]
-    candidate_embeddings = np.asarray(candidate_embeddings, dtype=np.float32)
-    if candidate_embeddings.size == 0:
-        candidate_embeddings = candidate_embeddings.reshape(0, candidate_embeddings.shape[-1])
-    _check_inputs(parsed, legal, student_texts, student_token_counts, candidate_embeddings)
-    student, band, weights = config.student, config.solve_rate, config.rewards
+    *,
+    teacher_terms: Sequence[RewardTerm[TeacherFacts]] = TEACHER_TERMS,
+    student_terms: Sequence[RewardTerm[StudentFacts]] = STUDENT_TERMS,
+) -> Round:
+    """Vote, reward and select for one round (see the module docstring for every rule).
 
-    answers: dict[Key, tuple[str | None, ...]] = {}
-    votes: dict[Key, Vote] = {}
-    s_rewards: dict[Key, tuple[StudentReward, ...]] = {}
-    for key in legal:
-        texts = student_texts[key]
-        read, votes[key] = vote_on_completions(texts, student)
-        answers[key] = tuple(None if a is None else a.text for a in read)
-        s_rewards[key] = tuple(
-            student_rewards(
-                agrees=votes[key].agrees,
-                format_ok=[has_final_answer_line(t, student.format_rule) for t in texts],
-                weights=weights.student,
-            )
-        )
-
-    diversities = diversity_reward(candidate_embeddings, pool_embeddings, k=weights.diversity_top_k)
-    diversity = {key: float(diversities[i]) for i, key in enumerate(legal)}
-    answered = [key for key in legal if votes[key].answer is not None]
-    difficulty = {key: 0.0 for key in legal}
-    for key in answered:
-        difficulty[key] = solvability_reward(votes[key].solve_rate, student.samples, band.lower, band.upper)
-    scores = {key: selection_score(difficulty[key], diversity[key]) for key in answered}
-
-    t_rewards: list[tuple[TeacherReward, ...]] = []
-    for g, group in enumerate(parsed):
-        row = []
-        for c, out in enumerate(group):
-            key = (g, c)
-            if not out.legal:
-                row.append(ZERO_TEACHER_REWARD)
-                continue
-            has_label = votes[key].answer is not None
-            length = length_reward(student_token_counts[key], weights.length_cap_tokens) if has_label else 0.0
-            row.append(
-                teacher_rewards(
-                    solvability=difficulty[key],
-                    diversity=diversity[key],
-                    format_ok=teacher_format_ok(out),
-                    length=length,
-                    weights=weights.teacher,
+    ``candidate_embeddings`` holds one unit-norm row per legal problem, in :func:`legal_problems`'
+    order; ``pool_embeddings`` the pool as it was before this round.
+    """
+    diversities = iter(_diversities(groups, candidate_embeddings, pool_embeddings, config))
+    scored = []
+    for g, group in enumerate(groups):
+        candidates = []
+        for c, played in enumerate(group.candidates):
+            if not played.parsed.legal:
+                candidates.append(Candidate(g, c, played, zero_reward(teacher_terms)))
+            else:
+                candidate = _score_candidate(
+                    g, c, played, next(diversities), config, teacher_terms, student_terms
                 )
-            )
-        t_rewards.append(tuple(row))
+                candidates.append(candidate)
+        scored.append(Group(g, group.reference, group.prompt, tuple(candidates)))
+    return _select(tuple(scored), config)
 
+
+def _diversities(
+    groups: Sequence[PlayedGroup], embeddings: np.ndarray, pool: np.ndarray, config: SelfPlaySpec
+) -> list[float]:
+    legal = sum(1 for group in groups for c in group.candidates if c.parsed.legal)
+    embeddings = np.asarray(embeddings, dtype=np.float32)
+    if embeddings.size == 0:
+        embeddings = embeddings.reshape(0, embeddings.shape[-1] if embeddings.ndim == 2 else 0)
+    if embeddings.shape[0] != legal:
+        raise ValueError(f"{embeddings.shape[0]} candidate embeddings for {legal} legal problems")
+    if embeddings.size and not np.isfinite(embeddings).all():
+        raise ValueError("candidate embeddings must be finite")
+    return [float(d) for d in diversity_reward(embeddings, pool, k=config.rewards.diversity_top_k)]
+
+
+def _score_candidate(
+    group: int,
+    index: int,
+    played: PlayedCandidate,
+    diversity: float,
+    config: SelfPlaySpec,
+    teacher_terms: Sequence[RewardTerm[TeacherFacts]],
+    student_terms: Sequence[RewardTerm[StudentFacts]],
+) -> Candidate:
+    if not played.answers:
+        raise ValueError(f"no student completions for the legal problem {(group, index)}")
+    texts = [a.text for a in played.answers]
+    answers, vote = vote_on_completions(texts, config.student)
+    samples = tuple(
+        StudentSample(
+            completion,
+            None if answer is None else answer.text,
+            weigh(student_terms, StudentFacts(completion.text, agrees, config), config.rewards),
+        )
+        for completion, answer, agrees in zip(played.answers, answers, vote.agrees, strict=True)
+    )
+    band = config.solve_rate
+    difficulty = 0.0
+    if vote.answer is not None:
+        difficulty = solvability_reward(vote.solve_rate, config.student.samples, band.lower, band.upper)
+    facts = TeacherFacts(
+        played.parsed, vote, difficulty, diversity, tuple(len(a.token_ids) for a in played.answers), config
+    )
+    reward = weigh(teacher_terms, facts, config.rewards)
+    return Candidate(group, index, played, reward, vote, samples, difficulty, diversity)
+
+
+def _select(groups: tuple[Group, ...], config: SelfPlaySpec) -> Round:
+    candidates = [c for group in groups for c in group.candidates]
+    legal = [c for c in candidates if c.legal]
+    answered = [c for c in legal if c.answered]
     skip_reason = ""
     if not legal:
         skip_reason = "no legal teacher problem"
     elif not answered:
         skip_reason = "no legal problem has a parseable student answer"
-    if skip_reason:
-        teacher_groups: list[int] = []
-        student_keys: list[Key] = []
-    else:
-        group_scores = [
-            [scores[(g, c)] for c in range(len(group)) if (g, c) in scores] for g, group in enumerate(parsed)
-        ]
-        teacher_groups = select_teacher_groups(group_scores, config.teacher.prompts_per_step)
-        picks = select_student_problems([scores[key] for key in answered], student.problems_per_step)
-        student_keys = [answered[i] for i in picks]
+    trained_groups: list[int] = []
+    trained_problems: list[Candidate] = []
+    if not skip_reason:
+        group_scores = [[c.score for c in g.candidates if c.score is not None] for g in groups]
+        trained_groups = select_teacher_groups(group_scores, config.teacher.prompts_per_step)
+        scores = [score for c in answered if (score := c.score) is not None]  # every answered one has one
+        picks = select_student_problems(scores, config.student.problems_per_step)
+        trained_problems = [answered[i] for i in picks]
 
-    completions = sum(len(group) for group in parsed)
-    n_in_band = sum(1 for key in answered if in_band(votes[key].solve_rate, band.lower, band.upper))
+    band = config.solve_rate
+    votes = [c.vote for c in answered if c.vote is not None]
+    n_in_band = sum(1 for v in votes if in_band(v.solve_rate, band.lower, band.upper))
     stats = RoundStats(
-        completions=completions,
+        completions=len(candidates),
         legal=len(legal),
         answered=len(answered),
         in_band=n_in_band,
-        legal_ratio=len(legal) / completions if completions else 0.0,
-        mean_solve_rate=_mean([votes[key].solve_rate for key in answered]),
+        legal_ratio=len(legal) / len(candidates) if candidates else 0.0,
+        mean_solve_rate=_mean([v.solve_rate for v in votes]),
         in_band_ratio=n_in_band / len(legal) if legal else 0.0,
-        mean_teacher_reward=_mean([r.total for row in t_rewards for r in row]),
-        mean_student_reward=_mean([r.total for key in legal for r in s_rewards[key]]),
+        mean_teacher_reward=_mean([c.reward.total for c in candidates]),
+        mean_student_reward=_mean([s.reward.total for c in legal for s in c.samples]),
     )
     for value in (
-        *diversity.values(),
-        *scores.values(),
+        *(c.diversity for c in legal if c.diversity is not None),
+        *(c.score for c in answered if c.score is not None),
         stats.mean_teacher_reward,
         stats.mean_student_reward,
     ):
         if not math.isfinite(value):
             raise AssertionError(f"a round produced a non-finite value ({value}); this is a bug")
-    return RoundResult(
-        teacher_rewards=tuple(t_rewards),
-        legal_keys=tuple(legal),
-        answers=answers,
-        votes=votes,
-        student_rewards=s_rewards,
-        difficulty=difficulty,
-        diversity=diversity,
-        scores=scores,
-        teacher_groups=tuple(teacher_groups),
-        student_problems=tuple(student_keys),
-        stats=stats,
-        skipped=bool(skip_reason),
-        skip_reason=skip_reason,
-    )
+    return Round(groups, tuple(trained_groups), tuple(trained_problems), stats, skip_reason)
+
+
+def _mean(values: Sequence[float]) -> float:
+    return float(sum(values) / len(values)) if values else 0.0

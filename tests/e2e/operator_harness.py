@@ -305,7 +305,7 @@ def write_progress(
     updated: float | None = None,
     checkpoint: int | None = None,
 ) -> None:
-    """progress.json as opensir.runner writes it."""
+    """progress.json as opensir.loop.run writes it."""
     run_dir = storage / namespace / name
     run_dir.mkdir(parents=True, exist_ok=True)
     progress = {

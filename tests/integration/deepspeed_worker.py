@@ -47,7 +47,7 @@ def main() -> None:
     overrides.setdefault("deepspeed", {"stage": args.stage})
     spec = config(engine="deepspeed", **overrides)
     if args.smollm:
-        from opensir.engines.models import load_causal_lm
+        from opensir.models import load_causal_lm
         from opensir.spec import ModelSpec
 
         torch.manual_seed(0)

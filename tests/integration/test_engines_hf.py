@@ -13,19 +13,18 @@ import numpy as np
 import pytest
 import torch
 
-from opensir.engines import models
-from opensir.engines.base import Completion, Embedder, Generator, SamplingParams
+from opensir import models
 from opensir.engines.embedding import SentenceTransformerEmbedder
 from opensir.engines.hf import HFGenerator
-from opensir.engines.models import (
+from opensir.models import (
     ModelNotFoundError,
     eos_token_ids,
     load_causal_lm,
     load_tokenizer,
     resolve_model,
 )
-from opensir.rl.batch import TrainSequence
 from opensir.rl.trainer import sequence_logprobs
+from opensir.seams import Completion, Embedder, Generator, SamplingParams, TrainSequence
 from opensir.selfplay.prompts import render_prompt
 from opensir.spec import ModelSpec
 

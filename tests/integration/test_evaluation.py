@@ -111,7 +111,7 @@ def test_interrupted_evaluation_resumes_from_the_cache(tmp_path, monkeypatch, ca
 def save_checkpoint(store_root: Path, namespace: str, run: str, step: int) -> None:
     """A committed checkpoint in the trainer's layout, holding SmolLM2's real weights."""
     from opensir.checkpoint import commit_checkpoint
-    from opensir.engines.models import load_causal_lm
+    from opensir.models import load_causal_lm
     from opensir.spec import ModelSpec
     from opensir.storage import LocalStore
 

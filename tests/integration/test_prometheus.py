@@ -2,7 +2,7 @@
 dashboard panel returns data for the run.
 
 One short run (the tiny example shrunk like tests/e2e/test_tiny_run.py, one step) is driven in-process by
-:func:`opensir.runner.run_selfplay` with a :class:`~opensir.metrics.RunMetrics` this module serves on
+:func:`opensir.loop.run.run_selfplay` with a :class:`~opensir.loop.metrics.RunMetrics` this module serves on
 127.0.0.1, so the exporter stays up after the run for as long as the assertions need it. Prometheus (the
 Debian package, scripts/install_prometheus.sh) is started by the fixture with a generated config that
 scrapes that port every second, and stopped by PID. Nothing waits on a clock: every check waits for an
@@ -28,9 +28,9 @@ from typing import Any, TypeVar
 
 import pytest
 
-from opensir.cli import load_with_overrides
-from opensir.metrics import RunMetrics, gpu_available
-from opensir.runner import RunResult, run_selfplay
+from opensir.cli.common import load_with_overrides
+from opensir.loop import RunResult, run_selfplay
+from opensir.loop.metrics import RunMetrics, gpu_available
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

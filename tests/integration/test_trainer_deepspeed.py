@@ -202,7 +202,7 @@ def test_zero3_trains_smollm2_on_two_processes(tmp_path: Path) -> None:
     assert result["stage"] == 3 and result["world_size"] == 2
     assert torch.isfinite(torch.tensor([stats["loss"], stats["grad_norm"]])).all()
     assert stats["grad_norm"] > 0 and stats["tokens"] > 0
-    from opensir.engines.models import load_causal_lm
+    from opensir.models import load_causal_lm
     from opensir.spec import ModelSpec
 
     initial = load_causal_lm(

@@ -96,7 +96,7 @@ def run_spec(**training: object):
 
 
 def test_factory_builds_the_lora_trainer_without_a_reference_copy() -> None:
-    from opensir.engines.factory import build_trainer
+    from opensir.assembly import build_trainer
 
     trainer = build_trainer(run_spec(lora=LORA, kl_beta=0.1), tiny_model(), 0, "cpu")
     assert isinstance(trainer, TorchTrainer)
@@ -105,16 +105,19 @@ def test_factory_builds_the_lora_trainer_without_a_reference_copy() -> None:
     assert plain.ref_model is not None and plain.ref_model is not plain.model
 
 
-def test_factory_refuses_zero3_with_the_in_process_generator() -> None:
-    from opensir.engines.factory import EngineUnavailableError, build_engines
+def test_a_run_with_zero3_is_refused_when_validated() -> None:
+    from opensir.spec import SpecError, dump_run, load_run, parse_run
 
-    spec = run_spec(engine="deepspeed", deepspeed={"stage": 3})
-    with pytest.raises(EngineUnavailableError, match="stage=3"):
-        build_engines(spec)
+    document = dump_run(load_run(Path(__file__).resolve().parents[2] / "examples" / "tiny-cpu.yaml"))
+    document["spec"]["training"].update(engine="deepspeed", deepspeed={"stage": 3})
+    with pytest.raises(SpecError) as caught:
+        parse_run(document)
+    [(path, value, message)] = caught.value.problems
+    assert (path, value) == ("spec.training.deepspeed.stage", 3) and "partitions" in message
 
 
 def test_only_ranks_above_zero_of_a_deepspeed_launch_follow(monkeypatch: pytest.MonkeyPatch) -> None:
-    from opensir.engines.factory import is_training_follower
+    from opensir.assembly import is_training_follower
 
     monkeypatch.setenv("RANK", "1")
     assert is_training_follower(run_spec(engine="deepspeed"))

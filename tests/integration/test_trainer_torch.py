@@ -13,8 +13,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from opensir.engines.weight_sync import InProcessWeightSync, WeightSyncError
-from opensir.rl.batch import TrainBatch, TrainSequence
 from opensir.rl.trainer import TorchTrainer, frozen_copy, sequence_logprobs
+from opensir.seams import TrainBatch, TrainSequence
 from opensir.spec import TrainingSpec
 
 pytestmark = pytest.mark.integration

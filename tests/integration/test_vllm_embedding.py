@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from opensir.engines.embedding import EmbeddingServerError, SentenceTransformerEmbedder, ServerEmbedder
-from opensir.engines.models import resolve_model
 from opensir.engines.vllm_server import free_port, start_local_server
+from opensir.models import resolve_model
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from opensir.engines.models import resolve_model
 from opensir.engines.vllm_server import vllm_python
+from opensir.models import resolve_model
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -11,11 +11,11 @@ import pytest
 import torch
 from test_vllm_server import GREEDY_TOKENS, POLICY, QUESTIONS, _Trainer, local_greedy, perturb
 
-from opensir.engines.base import SamplingParams
 from opensir.engines.http import HTTPGenerator
-from opensir.engines.models import load_causal_lm, load_tokenizer, resolve_model
 from opensir.engines.server_sync import BroadcastWeightSync, ServerControl
 from opensir.engines.vllm_server import LocalServer, start_local_server
+from opensir.models import load_causal_lm, load_tokenizer, resolve_model
+from opensir.seams import SamplingParams
 from opensir.selfplay.prompts import render_prompt, student_messages
 from opensir.spec import ModelSpec
 

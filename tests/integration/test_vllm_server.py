@@ -17,10 +17,8 @@ import s3_testing
 import torch
 from torch import nn
 
-from opensir.engines.base import SamplingParams
 from opensir.engines.hf import HFGenerator
 from opensir.engines.http import HTTPGenerator, RolloutServerUnavailableError
-from opensir.engines.models import eos_token_ids, load_causal_lm, load_tokenizer, resolve_model
 from opensir.engines.server_sync import (
     BroadcastWeightSync,
     LoRAWeightSync,
@@ -30,8 +28,9 @@ from opensir.engines.server_sync import (
 )
 from opensir.engines.vllm_server import LocalServer, free_port, start_local_server
 from opensir.engines.weight_sync import WeightSyncError
-from opensir.rl.batch import TrainSequence
+from opensir.models import eos_token_ids, load_causal_lm, load_tokenizer, resolve_model
 from opensir.rl.trainer import sequence_logprobs
+from opensir.seams import SamplingParams, TrainSequence
 from opensir.selfplay.prompts import render_prompt, student_messages, teacher_messages
 from opensir.spec import ModelSpec, StorageSpec
 

@@ -17,12 +17,11 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from opensir.engines.base import SamplingParams
 from opensir.engines.hf import HFGenerator
-from opensir.engines.models import eos_token_ids
 from opensir.engines.vllm_local import VLLMGenerator, VLLMWeightSync
-from opensir.rl.batch import TrainSequence
+from opensir.models import eos_token_ids
 from opensir.rl.trainer import sequence_logprobs
+from opensir.seams import SamplingParams, TrainSequence
 
 QUESTIONS = ["What is 1+1?", "Name one prime number."]
 

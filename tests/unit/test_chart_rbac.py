@@ -4,8 +4,9 @@
 method, the way the API server's request-info resolver does); `unused_grants(rules, requests)` lists the
 (namespace, apiGroup, resource, verb) grants no request used. Both work on plain PolicyRule dicts (taken as
 cluster-wide) or on (namespace, rule) pairs from `grants_of(manifests, ...)`, and are checked here against
-the chart's rendered RBAC, the operator's documented needs, and the requests the operator really made in
-its e2e tests (the JSON list kmock's request log writes to $OPENSIR_KMOCK_REQUEST_LOG).
+the chart's rendered RBAC, the operator's needs (its runs, and the child resources and verbs of its table
+of children, opensir_operator.children), and the requests the operator really made in its e2e tests (the
+JSON list kmock's request log writes to $OPENSIR_KMOCK_REQUEST_LOG).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from opensir_operator.children import Resource, rbac_rules, watched
+from opensir_operator.config import OperatorConfig
 from test_chart import NAMESPACE, RELEASE, ROOT, Manifest, render
 
 Rule = Mapping[str, Any]
@@ -280,32 +283,44 @@ def test_wildcards_found() -> None:
 
 
 # --------------------------------------------------------------------------------- the chart's RBAC
-CHILDREN = {
-    ("", "configmaps"): "/api/v1",
-    ("", "services"): "/api/v1",
-    ("apps", "deployments"): "/apis/apps/v1",
-    ("batch", "jobs"): "/apis/batch/v1",
+# How a client spells each verb on a child resource ("x" stands for an object's name).
+VERB_REQUESTS = {
+    "create": ("POST", ""),
+    "get": ("GET", "/x"),
+    "list": ("GET", ""),
+    "watch": ("GET", "?watch=true"),
+    "patch": ("PATCH", "/x"),
+    "delete": ("DELETE", "/x"),
 }
 
 
+def child_resources(network_policy: bool = False) -> tuple[Resource, ...]:
+    """The operator's child resources in a configuration, from its table of children."""
+    return watched(OperatorConfig(network_policy=network_policy))
+
+
 def required_requests(namespace: str, network_policy: bool = False) -> list[dict[str, Any]]:
-    """The API requests the operator needs in one namespace (the issue's list), as a client makes them."""
+    """The API requests the operator needs in one namespace (the issue's list), as a client makes them:
+    on its runs, and the verbs of each child resource in the operator's table of children."""
     runs = f"/apis/opensir.io/v1alpha1/namespaces/{namespace}/selfplayruns"
     requests = [
         req("GET", f"{runs}/r"), req("GET", runs), req("GET", f"{runs}?watch=true"),
         req("PATCH", f"{runs}/r"), req("PATCH", f"{runs}/r/status"),
         req("POST", f"/api/v1/namespaces/{namespace}/events"),  # kopf posts core v1 events only
     ]  # fmt: skip
-    children = dict(CHILDREN)
-    if network_policy:
-        children[("networking.k8s.io", "networkpolicies")] = "/apis/networking.k8s.io/v1"
-    for (_, resource), prefix in children.items():
-        base = f"{prefix}/namespaces/{namespace}/{resource}"
-        requests += [
-            req("POST", base), req("GET", f"{base}/x"), req("GET", base), req("GET", f"{base}?watch=true"),
-            req("PATCH", f"{base}/x"), req("DELETE", f"{base}/x"),
-        ]  # fmt: skip
+    for resource in child_resources(network_policy):
+        base = resource.collection_path(namespace)
+        for verb in resource.verbs:
+            method, suffix = VERB_REQUESTS[verb]
+            requests.append(req(method, base + suffix))
     return requests
+
+
+@pytest.mark.parametrize("network_policy", [False, True])
+def test_the_chart_grants_the_rules_derived_from_the_operators_table(network_policy: bool) -> None:
+    granted = {atom[1:] for atom in _atoms(chart_grants({"networkPolicy.enabled": network_policy}))}
+    needed = {atom[1:] for atom in _atoms(rbac_rules(OperatorConfig(network_policy=network_policy)))}
+    assert needed and needed <= granted, f"the chart does not grant {sorted(needed - granted)}"
 
 
 CLUSTER_REQUESTS = [

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from opensir.cli import load_with_overrides
+from opensir.cli.common import load_with_overrides
 from opensir.spec import SpecError
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from scripted import CharTokenizer
 
-from opensir.engines.base import Completion, SamplingParams
 from opensir.evaluation.datasets import (
     BENCHMARKS,
     BenchmarkDataError,
@@ -26,6 +25,7 @@ from opensir.evaluation.harness import (
     cache_header,
     evaluate,
 )
+from opensir.seams import Completion, SamplingParams
 
 SIZES = {
     "gsm8k": 1319,

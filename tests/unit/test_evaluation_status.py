@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from opensir.evaluation.results import evals_prefix, evaluated_steps, latest_summary
-from opensir.spec import EvaluationSpec, parse_run
+from opensir.layout import evals_prefix, evaluated_steps, latest_evaluation
+from opensir.spec import EvaluationSpec, EvaluationStatus, parse_run
 from opensir.storage import LocalStore
 
 
@@ -33,7 +33,7 @@ def test_which_checkpoints_are_evaluated():
 
 def test_the_newest_stored_evaluation_is_summarised(tmp_path: Path):
     store = LocalStore(tmp_path)
-    assert latest_summary(store) is None
+    assert latest_evaluation(store) is None
     store.put_bytes(
         f"{evals_prefix(4)}/results.json", json.dumps(results(0.2, {"gsm8k": 0.3, "amc23": 0.1})).encode()
     )
@@ -43,19 +43,15 @@ def test_the_newest_stored_evaluation_is_summarised(tmp_path: Path):
     store.put_bytes(f"{evals_prefix(8)}/gsm8k.json", b"{}")
     store.put_bytes(f"{evals_prefix(12)}/generations.jsonl", b"")  # an evaluation still running
     assert evaluated_steps(store) == [4, 8]
-    assert latest_summary(store) == {
-        "step": 8,
-        "macroAverage": 0.25,
-        "benchmarks": {"gsm8k": 0.4, "amc23": 0.1},
-        "samples": 2,
-        "evaluatedSteps": [4, 8],
-    }
+    assert latest_evaluation(store) == EvaluationStatus(
+        step=8, macro_average=0.25, benchmarks={"gsm8k": 0.4, "amc23": 0.1}, samples=2, evaluated_steps=[4, 8]
+    )
     store.put_bytes(f"{evals_prefix(16)}/results.json", b"{torn")
-    assert latest_summary(store)["step"] == 8  # an unreadable newer one is skipped
+    assert latest_evaluation(store).step == 8  # an unreadable newer one is skipped
 
 
 def test_the_operator_puts_the_summary_into_the_status(tmp_path: Path):
-    from opensir_operator.observe import read_progress
+    from opensir_operator.observe import read_run_progress
     from opensir_operator.status import build_status
 
     run = parse_run(
@@ -72,11 +68,11 @@ def test_the_operator_puts_the_summary_into_the_status(tmp_path: Path):
     )
     store = LocalStore(tmp_path / "ns" / "r")
     store.put_bytes("progress.json", json.dumps({"step": 10, "maxSteps": 10, "poolSize": 3}).encode())
-    assert read_progress(run).evaluation is None
+    assert read_run_progress(run).evaluation is None
     store.put_bytes(
         f"{evals_prefix(10)}/results.json", json.dumps(results(0.25, {"gsm8k": 0.4, "amc23": 0.1})).encode()
     )
-    reading = read_progress(run)
+    reading = read_run_progress(run)
     status = build_status(
         generation=1,
         phase="Succeeded",
@@ -87,7 +83,8 @@ def test_the_operator_puts_the_summary_into_the_status(tmp_path: Path):
         start_time=None,
         completion_time=None,
     )
-    assert status["evaluation"] == {
+    assert status.evaluation is not None
+    assert status.evaluation.model_dump(mode="json", by_alias=True, exclude_none=True) == {
         "step": 10,
         "macroAverage": 0.25,
         "benchmarks": {"gsm8k": 0.4, "amc23": 0.1},
@@ -102,7 +99,7 @@ class CountingTrainer:
     step_count = 0
 
     def step(self, batch):
-        from opensir.rl.batch import TrainStats
+        from opensir.seams import TrainStats
 
         self.step_count += 1
         return TrainStats(self.step_count, 0.0, 0.0, 0.0, 1e-6, 1, 0.0)
@@ -130,7 +127,7 @@ class AnsweringPolicy:
         self.benchmark_prompts = 0
 
     def generate(self, prompts, n, sampling):
-        from opensir.engines.base import Completion
+        from opensir.seams import Completion
 
         texts = ["".join(map(chr, p)) for p in prompts]
         if all("<problem>" not in t and "apples do the" not in t for t in texts) and any(
@@ -145,9 +142,9 @@ def test_a_local_run_evaluates_due_checkpoints_in_process_and_stores_the_results
     from scripted import CharTokenizer
     from test_runner import HashEmbedder
 
-    from opensir.engines.factory import Engines
+    from opensir.assembly import Engines
     from opensir.evaluation.datasets import default_data_dir
-    from opensir.runner import run_selfplay
+    from opensir.loop import run_selfplay
 
     run = parse_run(
         {
@@ -189,7 +186,7 @@ def test_a_local_run_evaluates_due_checkpoints_in_process_and_stores_the_results
 
 
 def test_opensir_status_shows_the_newest_evaluation(tmp_path: Path):
-    from opensir.status import format_status, read_summary
+    from opensir.cli.status import format_status, read_summary
 
     store = LocalStore(tmp_path)
     store.put_bytes("progress.json", json.dumps({"step": 8, "maxSteps": 8, "updated": 0.0}).encode())

@@ -11,15 +11,16 @@ import json
 import re
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
 from aiohttp import web
+from scripted import FakeTime
 
-from opensir.engines.base import Generator, SamplingParams
 from opensir.engines.http import HTTPGenerator, RolloutRequestError, RolloutServerUnavailableError
 from opensir.engines.vllm_server import free_port
+from opensir.seams import Generator, SamplingParams
 
 
 class CharTokenizer:
@@ -245,3 +246,43 @@ def test_no_ready_replica_is_an_error_naming_the_url() -> None:
     generator = HTTPGenerator(url, "policy", endpoints=lambda: [], retry_for_s=0.3, initial_backoff_s=0.05)
     with pytest.raises(RolloutServerUnavailableError, match=rf"no rollout server at {re.escape(url)}"):
         generator.generate([[1]], 1, SamplingParams(max_tokens=3))
+
+
+def on_fake_time(fake: FakeTime, generator: HTTPGenerator) -> None:
+    """The generator's retries and waits on ``fake``'s clock, with the largest jitter factor."""
+    generator.retry = replace(
+        generator.retry, sleep=fake.sleep, async_sleep=fake.async_sleep, clock=fake.clock, random=lambda: 1.0
+    )
+
+
+def test_a_failing_request_is_retried_for_retry_for_s_with_capped_backoff(serve) -> None:
+    server = serve(lambda body, attempt: (503, {"error": {"message": "overloaded"}}))
+    generator = HTTPGenerator(server.url, "policy", retry_for_s=30, initial_backoff_s=0.5, max_backoff_s=10)
+    fake = FakeTime()
+    on_fake_time(fake, generator)
+    with pytest.raises(RolloutServerUnavailableError) as raised:
+        generator.generate([[1]], 1, SamplingParams(max_tokens=3))
+    # Doubling from 0.5 s, capped at 10 s; the last wait is cut so the last attempt starts at 30 s.
+    assert fake.waits == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 4.5]
+    assert len(server.requests) == 8
+    assert str(raised.value) == (
+        f"rollout server {server.url} did not answer POST /v1/completions after 8 attempt(s) over 30 s; "
+        f"last error, from {server.url}/v1/completions: HTTP 503: overloaded"
+    )
+
+
+def test_waiting_for_a_ready_replica_is_bounded_by_retry_for_s() -> None:
+    url = "http://run-rollout.team.svc:8000"
+    answers = [[], [], [url]]
+    generator = HTTPGenerator(url, "policy", endpoints=lambda: answers.pop(0), retry_for_s=5)
+    fake = FakeTime()
+    on_fake_time(fake, generator)
+    assert asyncio.run(generator._round_endpoints()) == [url]
+    assert fake.waits == [0.5, 1.0]
+
+    generator = HTTPGenerator(url, "policy", endpoints=lambda: [], retry_for_s=5)
+    fake = FakeTime()
+    on_fake_time(fake, generator)
+    with pytest.raises(RolloutServerUnavailableError, match=r"after 5 attempt\(s\) over 5 s"):
+        generator.generate([[1]], 1, SamplingParams(max_tokens=3))
+    assert fake.waits == [0.5, 1.0, 2.0, 1.5]

@@ -12,13 +12,20 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from opensir.checkpoint import Checkpoint
-from opensir.metrics import CompletionLengths, RunMetrics, gpu_available
-from opensir.rl.batch import TrainStats
-from opensir.runner import StepRecord
-from opensir.selfplay import RoundResult
-from opensir.selfplay.answers import Vote
-from opensir.selfplay.rewards import ZERO_TEACHER_REWARD, StudentReward, TeacherReward
-from opensir.selfplay.round import RoundStats
+from opensir.layout import StepRecord
+from opensir.loop.metrics import RunMetrics, gpu_available
+from opensir.seams import Completion, TrainStats
+from opensir.selfplay import (
+    Candidate,
+    Group,
+    PlayedCandidate,
+    Reward,
+    Round,
+    RoundStats,
+    StudentSample,
+    TeacherOutput,
+    Vote,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 LABELS = {"namespace": "ns", "run": "r"}
@@ -28,36 +35,55 @@ def value(metrics: RunMetrics, name: str, **labels: str) -> float | None:
     return metrics.registry.get_sample_value(name, {**LABELS, **labels})
 
 
-def round_result(*, legal: bool = True) -> RoundResult:
+def completion(tokens: int) -> Completion:
+    return Completion("x" * tokens, tuple(range(tokens)), None, "stop")
+
+
+def round_result(*, legal: bool = True, student_tokens: tuple[int, ...] = (10, 20, 40)) -> Round:
     """Two teacher completions in one group; the first is legal (solve rate 2/3), the second is not."""
-    keys = ((0, 0),) if legal else ()
-    teacher = TeacherReward(solvability=0.8, diversity=0.6, format=1.0, length=0.4, total=0.7)
-    return RoundResult(
-        teacher_rewards=((teacher if legal else ZERO_TEACHER_REWARD, ZERO_TEACHER_REWARD),),
-        legal_keys=keys,
-        answers={k: ("4", "4", "5") for k in keys},
-        votes={k: Vote("4", 2, 3, 3, 2 / 3, (True, True, False)) for k in keys},
-        student_rewards={
-            k: (StudentReward(1.0, 1.0, 1.0), StudentReward(1.0, 0.0, 0.9), StudentReward(0.0, 1.0, 0.1))
-            for k in keys
-        },
-        difficulty={k: 0.8 for k in keys},
-        diversity={k: 0.6 for k in keys},
-        scores={k: 1.4 for k in keys},
-        teacher_groups=(0,) if legal else (),
-        student_problems=keys,
+    illegal = TeacherOutput(None, (), False, False, None, "no <problem>")
+    zero = Reward({"solvability": 0.0, "diversity": 0.0, "format": 0.0, "length": 0.0}, 0.0)
+    second = Candidate(0, 1, PlayedCandidate(completion(50), illegal), zero)
+    if not legal:
+        first = Candidate(0, 0, PlayedCandidate(completion(30), illegal), zero)
+    else:
+        parsed = TeacherOutput("What is 2+2?", ("basic arithmetic",), True, True, None)
+        samples = tuple(
+            StudentSample(completion(n), answer, Reward({"accuracy": a, "format": f}, total))
+            for n, answer, (a, f, total) in zip(
+                student_tokens,
+                ("4", "4", "5"),
+                ((1.0, 1.0, 1.0), (1.0, 0.0, 0.9), (0.0, 1.0, 0.1)),
+                strict=True,
+            )
+        )
+        first = Candidate(
+            0,
+            0,
+            PlayedCandidate(completion(30), parsed, (1, 2), tuple(s.completion for s in samples)),
+            Reward({"solvability": 0.8, "diversity": 0.6, "format": 1.0, "length": 0.4}, 0.7),
+            Vote("4", 2, 3, 3, 2 / 3, (True, True, False)),
+            samples,
+            difficulty=0.8,
+            diversity=0.6,
+        )
+    n = 1 if legal else 0
+    return Round(
+        groups=(Group(0, "What is 1+1?", (1,), (first, second)),),
+        trained_groups=(0,) if legal else (),
+        trained_problems=(first,) if legal else (),
         stats=RoundStats(
             completions=2,
-            legal=len(keys),
-            answered=len(keys),
-            in_band=len(keys),
-            legal_ratio=len(keys) / 2,
+            legal=n,
+            answered=n,
+            in_band=n,
+            legal_ratio=n / 2,
             mean_solve_rate=2 / 3 if legal else 0.0,
             in_band_ratio=1.0 if legal else 0.0,
             mean_teacher_reward=0.35 if legal else 0.0,
             mean_student_reward=2 / 3 if legal else 0.0,
         ),
-        skipped=not legal,
+        skip_reason="" if legal else "no legal teacher problem",
     )
 
 
@@ -85,7 +111,7 @@ def test_a_step_sets_every_curriculum_reward_and_phase_series() -> None:
     metrics.started(step=0, max_steps=10, checkpoint=None)
     assert value(metrics, "opensir_runner_max_steps_steps") == 10
     assert value(metrics, "opensir_runner_steps_total") == 0  # present before the first step
-    metrics.round_scored(round_result(), CompletionLengths(teacher=(30, 50), student=(10, 20, 40)))
+    metrics.round_scored(round_result())
     metrics.step_finished(record())
 
     assert value(metrics, "opensir_selfplay_reward_ratio", role="teacher", component="solvability") == 0.4
@@ -112,11 +138,10 @@ def test_a_step_sets_every_curriculum_reward_and_phase_series() -> None:
 def test_steps_without_legal_problems_count_up_and_reset() -> None:
     metrics = RunMetrics("ns", "r")
     metrics.started(step=0, max_steps=10, checkpoint=None)
-    lengths = CompletionLengths((5, 5), ())
     for expected in (1, 2, 3):
-        metrics.round_scored(round_result(legal=False), lengths)
+        metrics.round_scored(round_result(legal=False))
         assert value(metrics, "opensir_selfplay_steps_without_legal_problems_steps") == expected
-    metrics.round_scored(round_result(), CompletionLengths((5, 5), (1, 2, 3)))
+    metrics.round_scored(round_result(student_tokens=(1, 2, 3)))
     assert value(metrics, "opensir_selfplay_steps_without_legal_problems_steps") == 0
 
 
@@ -174,10 +199,12 @@ def test_no_gpu_series_without_a_gpu() -> None:
 def test_operator_metrics_count_reconciliations_and_runs_by_phase() -> None:
     from opensir_operator.metrics import OperatorMetrics
 
+    from opensir.spec import SelfPlayRunStatus
+
     metrics = OperatorMetrics()
-    with metrics.reconciling("a", "one", {"phase": "Training"}):
+    with metrics.reconciling("a", "one", SelfPlayRunStatus(phase="Training")):
         pass
-    with pytest.raises(ValueError), metrics.reconciling("a", "two", {}):
+    with pytest.raises(ValueError), metrics.reconciling("a", "two", SelfPlayRunStatus()):
         raise ValueError("bad spec")
     get = metrics.registry.get_sample_value
     assert get("opensir_operator_reconciliations_total", {"namespace": "a", "result": "ok"}) == 1
@@ -211,3 +238,41 @@ def test_dashboard_reads_only_documented_metrics() -> None:
             used |= set(re.findall(r"\b(opensir_[a-z_]+)\b", target["expr"]))
     base = {re.sub(r"_(bucket|sum|count)$", "", name) for name in used}
     assert base <= documented, base - documented
+
+
+def test_a_new_reward_term_reaches_the_rewards_the_metrics_and_the_dashboard() -> None:
+    """Registering a teacher term is one function and one entry: it is computed into every reward,
+    recorded under its name as a metric component, and named by the dashboard's reward panel."""
+    import numpy as np
+    from scripted import played_groups
+
+    from opensir.selfplay import TEACHER_TERMS, RewardTerm, score_round
+    from opensir.spec import SelfPlaySpec
+
+    def novelty(facts) -> float:
+        return facts.diversity
+
+    terms = (*TEACHER_TERMS, RewardTerm("novelty", novelty, lambda weights: 2.0, "the diversity, again"))
+    config = SelfPlaySpec.model_validate({"teacher": {"groupSize": 2}, "student": {"samples": 2}})
+    problem = "<think>t</think><problem>What is seven times six?</problem><concepts>multiplication</concepts>"
+    line = "Therefore, the final answer is: $\\boxed{42}$"
+    groups = played_groups([[problem, "junk"]], {(0, 0): [line, line]}, config=config)
+    round_ = score_round(
+        groups, np.eye(4, dtype=np.float32)[:1], np.zeros((0, 4), np.float32), config, teacher_terms=terms
+    )
+    legal = round_.legal[0]
+    plain = score_round(groups, np.eye(4, dtype=np.float32)[:1], np.zeros((0, 4), np.float32), config)
+    assert legal.reward["novelty"] == 0.5  # alone in an empty pool
+    assert legal.reward.total == pytest.approx(plain.legal[0].reward.total + 2.0 * 0.5)
+
+    metrics = RunMetrics("ns", "r")
+    metrics.round_scored(round_)
+    assert value(metrics, "opensir_selfplay_reward_ratio", role="teacher", component="novelty") == 0.25
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import build_dashboard
+
+    panels = build_dashboard.dashboard(teacher_terms=terms)["panels"]
+    [teacher] = [p for p in panels if p["title"] == "Teacher reward terms"]
+    assert "novelty (the diversity, again)" in teacher["description"]
+    assert "component" in teacher["targets"][0]["legendFormat"]

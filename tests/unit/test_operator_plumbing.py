@@ -13,14 +13,22 @@ kopf = pytest.importorskip("kopf")
 pytest.importorskip("kubernetes")
 
 from kubernetes.client.exceptions import ApiException  # noqa: E402
+from opensir_operator import config as operator_config  # noqa: E402
 from opensir_operator import handlers, manifests, names, settings  # noqa: E402
 from opensir_operator.kube import Kube  # noqa: E402
-from opensir_operator.observe import Child, child_run, delete_artifacts, read_progress, summarize  # noqa: E402
+from opensir_operator.observe import Child, child_run, delete_artifacts, read_run_progress, summarize  # noqa: E402
 from opensir_operator.reconcile import cleanup  # noqa: E402
-from opensir_operator.status import Condition as Cond  # noqa: E402
-from opensir_operator.status import iso, merge_conditions, parse_iso, same_status  # noqa: E402
+from opensir_operator.status import (  # noqa: E402
+    condition,
+    iso,
+    merge_conditions,
+    parse_iso,
+    same_status,
+    status_patch,
+)
 
-from opensir.spec import parse_run  # noqa: E402
+from opensir.layout import Progress  # noqa: E402
+from opensir.spec import SelfPlayRunStatus, parse_run  # noqa: E402
 
 
 def run_at(root: Path, **storage: Any):
@@ -91,9 +99,9 @@ def test_children_are_recognised_by_labels_client_side():
     assert indexed is not None and list(indexed) == [("ns", "r")]
 
 
-def test_read_progress(tmp_path: Path):
+def test_read_run_progress(tmp_path: Path):
     run = run_at(tmp_path)
-    nothing = read_progress(run)
+    nothing = read_run_progress(run)
     assert nothing.progress is None and nothing.error is None
     assert nothing.store_uri == f"file://{tmp_path}/ns/r"
     (tmp_path / "ns" / "r" / "progress.json").write_text(
@@ -109,12 +117,15 @@ def test_read_progress(tmp_path: Path):
             }
         )
     )
-    reading = read_progress(run)
-    assert reading.progress is not None and (reading.progress.step, reading.progress.pool_size) == (3, 5)
+    reading = read_run_progress(run)
+    assert reading.progress == Progress(step=3, max_steps=10, updated=1.0, eta_seconds=7.0, pool_size=5)
     (tmp_path / "ns" / "r" / "progress.json").write_text("{not json")
-    broken = read_progress(run)
-    assert broken.progress is None and "unreadable" in (broken.error or "")
-    s3 = read_progress(
+    broken = read_run_progress(run)
+    assert broken.progress is None and "progress.json is not JSON" in (broken.error or "")
+    (tmp_path / "ns" / "r" / "progress.json").write_text('{"maxSteps": 10}')
+    incomplete = read_run_progress(run)
+    assert incomplete.progress is None and "not a progress record" in (incomplete.error or "")
+    s3 = read_run_progress(
         parse_run(
             {
                 "apiVersion": "opensir.io/v1alpha1",
@@ -149,10 +160,10 @@ def test_times_and_conditions():
     assert iso(0) == "1970-01-01T00:00:00Z"
     assert parse_iso("1970-01-01T00:01:00Z") == 60.0
     first = merge_conditions(
-        [], [Cond("Failed", False, "NotFailed"), Cond("Ready", True, "ServersReady")], 0, 3
+        [], [condition("Failed", False, "NotFailed"), condition("Ready", True, "ServersReady")], 0, 3
     )
-    assert [c["type"] for c in first] == ["Ready", "Failed"]  # a fixed order
-    assert first[0] == {
+    assert [c.type for c in first] == ["Ready", "Failed"]  # a fixed order
+    assert first[0].model_dump(mode="json", by_alias=True) == {
         "type": "Ready",
         "status": "True",
         "reason": "ServersReady",
@@ -160,12 +171,34 @@ def test_times_and_conditions():
         "lastTransitionTime": "1970-01-01T00:00:00Z",
         "observedGeneration": 3,
     }
-    same = merge_conditions(first, [Cond("Ready", True, "ServersReady", "new message")], 100, 3)
-    assert same[0]["lastTransitionTime"] == "1970-01-01T00:00:00Z"
-    flipped = merge_conditions(first, [Cond("Ready", False, "ServersNotReady")], 100, 4)
-    assert flipped[0]["lastTransitionTime"] == "1970-01-01T00:01:40Z"
-    assert same_status({"phase": "X", "extra": 1}, {"phase": "X"})
-    assert not same_status({"phase": "X"}, {"phase": "Y"})
+    same = merge_conditions(first, [condition("Ready", True, "ServersReady", "new message")], 100, 3)
+    assert same[0].last_transition_time == "1970-01-01T00:00:00Z"
+    flipped = merge_conditions(first, [condition("Ready", False, "ServersNotReady")], 100, 4)
+    assert flipped[0].last_transition_time == "1970-01-01T00:01:40Z"
+    with pytest.raises(ValueError):  # pydantic's ValidationError: not a condition type of the CRD
+        condition("Happy", True, "Yes")
+
+
+def test_status_is_written_as_a_merge_patch():
+    training = SelfPlayRunStatus.model_validate(
+        {"phase": "Training", "extra": 1}
+    )  # a field of another writer
+    assert same_status(training, SelfPlayRunStatus(phase="Training"))
+    assert not same_status(training, SelfPlayRunStatus(phase="Succeeded"))
+    assert same_status(None, None) and not same_status(None, training)
+    patch = status_patch(SelfPlayRunStatus(phase="Training", restarts=1), training)
+    assert patch == {
+        "phase": "Training",
+        "conditions": [],
+        "progress": {"step": 0, "maxSteps": 0, "percent": 0.0},
+        "pool": {"size": 0},
+        "metrics": {},
+        "restarts": 1,
+    }
+    # A finished run that continues is not finished any more: null removes completionTime.
+    finished = SelfPlayRunStatus(phase="Succeeded", completion_time="2027-01-01T00:00:00Z")
+    assert status_patch(SelfPlayRunStatus(phase="Training"), finished)["completionTime"] is None
+    assert "completionTime" not in status_patch(SelfPlayRunStatus(phase="Training"), training)
 
 
 # ------------------------------------------------------------------------------------------ client
@@ -193,7 +226,7 @@ class FakeApi:
 def test_client_uses_merge_patch_and_the_status_subresource_never_put():
     api = FakeApi()
     kube = Kube(api)  # type: ignore[arg-type]
-    kube.patch_run_status("ns", "r", {"phase": "Training"})
+    kube.patch_run_status("ns", "r", {"phase": "Training"})  # what status_patch serialised
     kube.patch_run("ns", "r", {"metadata": {"annotations": {"a": "b"}}})
     kube.patch("Deployment", "ns", "r-rollout", {"spec": {"replicas": 0}})
     assert kube.create({"kind": "Job", "metadata": {"name": "r-train", "namespace": "ns"}}) == {
@@ -255,22 +288,22 @@ def test_kopf_settings_are_the_operators_own():
 
 
 def test_operator_config_from_environment():
-    config = settings.OperatorConfig.from_env(
+    config = operator_config.OperatorConfig.from_env(
         {"OPENSIR_RUNTIME_IMAGE": "x:1", "OPENSIR_RESYNC_SECONDS": "2.5"}
     )
     assert (config.default_image, config.resync_seconds) == ("x:1", 2.5)
-    assert settings.OperatorConfig.from_env({}).default_image == settings.DEFAULT_IMAGE
+    assert operator_config.OperatorConfig.from_env({}).default_image == operator_config.DEFAULT_IMAGE
 
 
 def test_network_policy_settings_from_the_charts_environment():
     rules = [{"from": [{"namespaceSelector": {}}], "ports": [{"port": "metrics"}]}]
-    config = settings.OperatorConfig.from_env(
+    config = operator_config.OperatorConfig.from_env(
         {"OPENSIR_NETWORK_POLICY": "true", "OPENSIR_NETWORK_POLICY_EXTRA_INGRESS": json.dumps(rules)}
     )
     assert config.network_policy and config.network_policy_extra_ingress == tuple(rules)
-    off = settings.OperatorConfig.from_env(
+    off = operator_config.OperatorConfig.from_env(
         {"OPENSIR_NETWORK_POLICY": "false", "OPENSIR_NETWORK_POLICY_EXTRA_INGRESS": "[]"}
     )
     assert not off.network_policy and off.network_policy_extra_ingress == ()
     with pytest.raises(ValueError, match="OPENSIR_NETWORK_POLICY_EXTRA_INGRESS"):
-        settings.OperatorConfig.from_env({"OPENSIR_NETWORK_POLICY_EXTRA_INGRESS": "{not json"})
+        operator_config.OperatorConfig.from_env({"OPENSIR_NETWORK_POLICY_EXTRA_INGRESS": "{not json"})

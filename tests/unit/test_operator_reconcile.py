@@ -8,9 +8,13 @@ from typing import Any
 
 import pytest
 from opensir_operator import names
-from opensir_operator.observe import Child, Progress, ProgressReading, summarize
+from opensir_operator.config import OperatorConfig
+from opensir_operator.observe import Child, ProgressReading, summarize
 from opensir_operator.reconcile import Expectations, Plan, RunObject, accept, decide
-from opensir_operator.settings import OperatorConfig
+from opensir_operator.status import status_patch
+
+from opensir.layout import CheckpointRef, Progress, StepRecord
+from opensir.spec import Condition, SelfPlayRunStatus
 
 NOW = 1_800_000_000.0
 CONFIG = OperatorConfig(default_image="img:1")
@@ -23,7 +27,7 @@ BASE_SPEC: dict[str, Any] = {
 
 def obj(
     spec: dict[str, Any] | None = None,
-    status: dict[str, Any] | None = None,
+    status: SelfPlayRunStatus | None = None,
     annotations: dict[str, str] | None = None,
     generation: int = 1,
 ) -> RunObject:
@@ -34,7 +38,7 @@ def obj(
         generation=generation,
         annotations=annotations or {},
         spec=spec or copy.deepcopy(BASE_SPEC),
-        status=status or {},
+        status=status or SelfPlayRunStatus(),
     )
 
 
@@ -116,25 +120,41 @@ def kinds(plan: Plan) -> set[tuple[str, str]]:
     return {(m["kind"], m["metadata"]["name"]) for m in plan.creates}
 
 
-def condition(plan: Plan, kind: str) -> dict[str, Any]:
-    return next(c for c in plan.status["conditions"] if c["type"] == kind)
+def condition(plan: Plan, kind: str) -> Condition:
+    return next(c for c in plan.status.conditions if c.type == kind)
+
+
+def written(plan: Plan, previous: RunObject | None = None) -> dict[str, Any]:
+    """The status as the operator writes it: the merge patch of the status subresource."""
+    return status_patch(plan.status, previous.status if previous is not None else SelfPlayRunStatus())
 
 
 def progress(
     step: int, max_steps: int = 4, updated: float = NOW - 5, checkpoint: int | None = None
 ) -> Progress:
-    return Progress.from_json(
-        {
-            "step": step,
-            "maxSteps": max_steps,
-            "updated": updated,
-            "etaSeconds": 30.0,
-            "poolSize": 9,
-            "lastStep": {"solve_rate": 0.5, "teacher_reward": 1.2, "loss": 0.1},
-            "lastCheckpoint": None
-            if checkpoint is None
-            else {"step": checkpoint, "uri": "file:///c", "time": NOW - 60},
-        }
+    last = StepRecord(
+        step=step,
+        trained=True,
+        teacher_reward=1.2,
+        student_reward=0.9,
+        solve_rate=0.5,
+        legal_ratio=0.75,
+        in_band_ratio=0.25,
+        pool_size=9,
+        loss=None,
+        kl=None,
+        grad_norm=None,
+        tokens_generated=100,
+        seconds=1.0,
+    )
+    return Progress(
+        step=step,
+        max_steps=max_steps,
+        updated=updated,
+        eta_seconds=30.0,
+        pool_size=9,
+        last_step=last,
+        last_checkpoint=None if checkpoint is None else CheckpointRef(checkpoint, "file:///c", NOW - 60),
     )
 
 
@@ -160,7 +180,7 @@ def test_immutable_changes_are_refused_and_mutable_ones_applied(change: dict[str
     spec = with_spec(**change)
     spec["training"] = {**spec["training"], "maxSteps": 10}
     spec["suspend"] = True
-    result = accept(RunObject("r", "ns", "u-1", 2, before.annotations, spec, {}))
+    result = accept(RunObject("r", "ns", "u-1", 2, before.annotations, spec, SelfPlayRunStatus()))
     assert result.refusal is not None
     reason, message = result.refusal
     assert reason == "SpecChangeRefused"
@@ -175,14 +195,14 @@ def test_immutable_changes_are_refused_and_mutable_ones_applied(change: dict[str
 def test_an_invalid_spec_keeps_the_accepted_one_or_fails_the_run():
     before = accepted(obj())
     bad = with_spec(training={"maxSteps": 4, "warmupSteps": 9})
-    result = accept(RunObject("r", "ns", "u-1", 2, before.annotations, bad, {}))
+    result = accept(RunObject("r", "ns", "u-1", 2, before.annotations, bad, SelfPlayRunStatus()))
     assert result.run is not None and result.refusal is not None
     assert result.refusal[0] == "InvalidSpec" and "warmupSteps" in result.refusal[1]
     fresh = accept(obj(bad))
     assert fresh.run is None and "warmupSteps" in (fresh.invalid or "")
     plan = plan_for(obj(bad))
-    assert plan.status["phase"] == "Failed" and not plan.creates
-    assert condition(plan, "Failed")["reason"] == "InvalidSpec"
+    assert plan.status.phase == "Failed" and not plan.creates
+    assert condition(plan, "Failed").reason == "InvalidSpec"
     assert plan.warnings
 
 
@@ -200,10 +220,10 @@ def test_create_makes_all_children_and_reports_pending():
     }
     assert not plan.deletes and not plan.patches
     assert plan.annotation is not None
-    assert plan.status["phase"] == "Pending"
-    assert plan.status["observedGeneration"] == 1
-    assert condition(plan, "Progressing")["reason"] == "Starting"
-    assert condition(plan, "Ready")["reason"] == "ServersNotReady"
+    assert plan.status.phase == "Pending"
+    assert plan.status.observed_generation == 1
+    assert condition(plan, "Progressing").reason == "Starting"
+    assert condition(plan, "Ready").reason == "ServersNotReady"
     # The same observation again (children now visible) plans nothing new: no duplicates.
     again = plan_for(accepted(o), observed(plan))
     assert not again.creates and not again.deletes and not again.patches and again.annotation is None
@@ -220,8 +240,8 @@ def test_training_status_from_progress_and_ready_servers():
         ready_replicas=1,
     )
     plan = plan_for(o, children, progress(2, checkpoint=2))
-    status = plan.status
-    assert status["phase"] == "Training"
+    assert plan.status.phase == "Training"
+    status = written(plan)
     assert status["progress"] == {
         "step": 2,
         "maxSteps": 4,
@@ -231,26 +251,33 @@ def test_training_status_from_progress_and_ready_servers():
     }
     assert status["lastCheckpoint"] == {"step": 2, "uri": "file:///c", "time": "2027-01-15T07:59:00Z"}
     assert status["pool"] == {"size": 9, "uri": "file:///runs/ns/r/pool"}
-    assert status["metrics"] == {"solveRate": 0.5, "teacherReward": 1.2, "loss": 0.1}
+    # The headline numbers of the last step; a missing one (no loss yet) is left out.
+    assert status["metrics"] == {
+        "teacherReward": 1.2,
+        "studentReward": 0.9,
+        "solveRate": 0.5,
+        "legalRatio": 0.75,
+        "inBandRatio": 0.25,
+    }
     assert status["startTime"] == "2027-01-15T08:00:00Z"
-    assert condition(plan, "Ready")["status"] == "True"
-    assert condition(plan, "Progressing")["reason"] == "Training"
+    assert condition(plan, "Ready").status == "True"
+    assert condition(plan, "Progressing").reason == "Training"
 
 
 def test_kueue_queued_job_is_pending_with_reason_queued():
     o = accepted(obj(with_spec(cluster={"queueName": "q"})))
     plan = plan_for(o, observed(plan_for(o)))
-    assert plan.status["phase"] == "Pending"
-    assert condition(plan, "Progressing")["reason"] == "Queued"
+    assert plan.status.phase == "Pending"
+    assert condition(plan, "Progressing").reason == "Queued"
 
 
 def test_stall_is_reported_after_the_timeout():
     o = accepted(obj(with_spec(cluster={"stallTimeoutSeconds": 60})))
     children = observed(plan_for(o), **STARTED)
-    assert condition(plan_for(o, children, progress(1, updated=NOW - 30)), "Progressing")["status"] == "True"
+    assert condition(plan_for(o, children, progress(1, updated=NOW - 30)), "Progressing").status == "True"
     stalled = condition(plan_for(o, children, progress(1, updated=NOW - 61)), "Progressing")
-    assert (stalled["status"], stalled["reason"]) == ("False", "Stalled")
-    assert "60" in stalled["message"]
+    assert (stalled.status, stalled.reason) == ("False", "Stalled")
+    assert "60" in stalled.message
 
 
 # ------------------------------------------------------------------------------------------ failure
@@ -259,24 +286,24 @@ def test_a_failed_job_is_restarted_and_counted_once():
     children = observed(plan_for(o))
     children["Job", "r-train"] = job("r-train", 0, **STARTED, **FAILED)
     plan = plan_for(o, children)
-    assert plan.status["restarts"] == 1 and plan.status_first
+    assert plan.status.restarts == 1 and plan.status_first
     assert plan.deletes == [("Job", "r-train")]
     created = [m for m in plan.creates if m["kind"] == "Job"]
     assert len(created) == 1 and created[0]["metadata"]["annotations"][names.ATTEMPT] == "1"
-    assert condition(plan, "Degraded")["reason"] == "TrainingRestarted"
+    assert condition(plan, "Degraded").reason == "TrainingRestarted"
     assert plan.warnings
 
     # The operator died after writing the status but before replacing the Job: replaced, not re-counted.
     o2 = RunObject(o.name, o.namespace, o.uid, o.generation, o.annotations, o.spec, plan.status)
     again = plan_for(o2, children)
-    assert again.status["restarts"] == 1
+    assert again.status.restarts == 1
     assert again.deletes == [("Job", "r-train")]
     assert [m["metadata"]["annotations"][names.ATTEMPT] for m in again.creates if m["kind"] == "Job"] == ["1"]
 
     # The new Job shows up before the run's status does: nothing more happens.
     children["Job", "r-train"] = job("r-train", 1)
     stale = plan_for(o, children)
-    assert stale.status["restarts"] == 1 and not stale.deletes and not stale.creates
+    assert stale.status.restarts == 1 and not stale.deletes and not stale.creates
 
 
 def test_failures_beyond_the_backoff_limit_fail_the_run_for_good():
@@ -284,20 +311,21 @@ def test_failures_beyond_the_backoff_limit_fail_the_run_for_good():
     children = observed(plan_for(o))
     children["Job", "r-train"] = job("r-train", 1, **FAILED)
     plan = plan_for(
-        RunObject(o.name, o.namespace, o.uid, 1, o.annotations, o.spec, {"restarts": 1}), children
+        RunObject(o.name, o.namespace, o.uid, 1, o.annotations, o.spec, SelfPlayRunStatus(restarts=1)),
+        children,
     )
-    assert plan.status["phase"] == "Failed"
+    assert plan.status.phase == "Failed"
     failed = condition(plan, "Failed")
-    assert (failed["status"], failed["reason"]) == ("True", "BackoffLimitExceeded")
-    assert "backoffLimit 1" in failed["message"] and "BackoffLimitExceeded" in failed["message"]
+    assert (failed.status, failed.reason) == ("True", "BackoffLimitExceeded")
+    assert "backoffLimit 1" in failed.message and "BackoffLimitExceeded" in failed.message
     assert not plan.deletes and not [m for m in plan.creates if m["kind"] == "Job"]
     assert [p["spec"]["replicas"] for p in plan.patches if p["kind"] == "Deployment"] == [0]
-    assert plan.status["completionTime"]
+    assert plan.status.completion_time
     # Sticky: even with the Job gone, the run stays Failed.
     done = RunObject(o.name, o.namespace, o.uid, 1, o.annotations, o.spec, plan.status)
     later = plan_for(done, {k: v for k, v in children.items() if k[0] != "Job"})
-    assert later.status["phase"] == "Failed" and not [m for m in later.creates if m["kind"] == "Job"]
-    assert later.status["completionTime"] == plan.status["completionTime"]
+    assert later.status.phase == "Failed" and not [m for m in later.creates if m["kind"] == "Job"]
+    assert later.status.completion_time == plan.status.completion_time
 
 
 # ------------------------------------------------------------------------------------------ success
@@ -306,14 +334,14 @@ def test_success_scales_down_evaluates_the_final_checkpoint_then_succeeds():
     children = observed(plan_for(o))
     children["Job", "r-train"] = job("r-train", 0, **COMPLETE)
     plan = plan_for(o, children, progress(4, checkpoint=4))
-    assert plan.status["phase"] == "Evaluating"
+    assert plan.status.phase == "Evaluating"
     assert ("Job", "r-eval-4") in kinds(plan)
     assert [p["spec"]["replicas"] for p in plan.patches if p["kind"] == "Deployment"] == [0]
     children["Job", "r-eval-4"] = Child(kind="Job", name="r-eval-4", eval_step=4, succeeded=True)
     done = plan_for(o, children, progress(4, checkpoint=4))
-    assert done.status["phase"] == "Succeeded"
-    assert condition(done, "Succeeded")["status"] == "True"
-    assert condition(done, "Ready")["reason"] == "ScaledDown"
+    assert done.status.phase == "Succeeded"
+    assert condition(done, "Succeeded").status == "True"
+    assert condition(done, "Ready").reason == "ScaledDown"
 
 
 def test_intermediate_checkpoints_are_evaluated_on_schedule():
@@ -328,54 +356,56 @@ def test_more_steps_after_success_continue_training():
     children = observed(plan_for(o))
     children["Job", "r-train"] = job("r-train", 0, **STARTED, **COMPLETE)
     done = plan_for(o, children, progress(4, 4, checkpoint=4))
-    assert done.status["phase"] == "Succeeded"
+    assert done.status.phase == "Succeeded"
     more = RunObject("r", "ns", "u-1", 2, o.annotations, with_spec(training={"maxSteps": 8}), done.status)
     plan = plan_for(more, children, progress(4, 4, checkpoint=4))
     assert plan.deletes == [("Job", "r-train")]
     assert ("Job", "r-train") in kinds(plan)
-    assert plan.status["phase"] == "Training"
-    assert plan.status["restarts"] == 0
-    assert plan.status["completionTime"] is None  # removed by the merge patch
+    assert plan.status.phase == "Training"
+    assert plan.status.restarts == 0
+    assert plan.status.completion_time is None
+    assert written(plan, more)["completionTime"] is None  # a merge patch removes it
 
 
 # ------------------------------------------------------------------------------------------ suspend
 def test_suspend_removes_the_job_and_scales_to_zero_and_resume_continues():
     o = accepted(obj())
     children = observed(plan_for(o), **STARTED)
-    suspended = RunObject("r", "ns", "u-1", 2, o.annotations, with_spec(suspend=True), {"startTime": "x"})
+    started = SelfPlayRunStatus(start_time="x")
+    suspended = RunObject("r", "ns", "u-1", 2, o.annotations, with_spec(suspend=True), started)
     plan = plan_for(suspended, children, progress(2, checkpoint=2))
     assert plan.deletes == [("Job", "r-train")]
     assert [p["spec"]["replicas"] for p in plan.patches if p["kind"] == "Deployment"] == [0]
-    assert condition(plan, "Suspended")["reason"] == "Suspending"
+    assert condition(plan, "Suspended").reason == "Suspending"
     gone = {k: v for k, v in children.items() if k != ("Job", "r-train")}
     plan = plan_for(suspended, gone, progress(2, checkpoint=2))
-    assert plan.status["phase"] == "Suspended" and not plan.creates
-    assert condition(plan, "Suspended")["status"] == "True"
+    assert plan.status.phase == "Suspended" and not plan.creates
+    assert condition(plan, "Suspended").status == "True"
     resumed = RunObject("r", "ns", "u-1", 3, o.annotations, with_spec(), plan.status)
     plan = plan_for(resumed, gone, progress(2, checkpoint=2))
     assert ("Job", "r-train") in kinds(plan)
-    assert plan.status["restarts"] == 0
-    assert condition(plan, "Suspended")["status"] == "False"
+    assert plan.status.restarts == 0
+    assert condition(plan, "Suspended").status == "False"
 
 
 def test_bootstrap_runs_before_training():
     o = accepted(obj(with_spec(selfPlay={"bootstrap": {"enabled": True}})))
     plan = plan_for(o)
     assert ("Job", "r-bootstrap") in kinds(plan) and ("Job", "r-train") not in kinds(plan)
-    assert plan.status["phase"] == "Bootstrapping"
+    assert plan.status.phase == "Bootstrapping"
     children = observed(plan)
     children["Job", "r-bootstrap"] = job("r-bootstrap", **COMPLETE)
     after = plan_for(o, children)
     assert ("Job", "r-train") in kinds(after)
     children["Job", "r-bootstrap"] = job("r-bootstrap", **FAILED)
     failed = plan_for(o, children)
-    assert failed.status["phase"] == "Failed" and condition(failed, "Failed")["reason"] == "BootstrapFailed"
+    assert failed.status.phase == "Failed" and condition(failed, "Failed").reason == "BootstrapFailed"
 
 
 def test_progress_read_errors_are_reported_not_hidden():
     plan = plan_for(accepted(obj()), error="file:///runs/ns/r/progress.json is unreadable: bad json")
     degraded = condition(plan, "Degraded")
-    assert (degraded["status"], degraded["reason"]) == ("True", "ProgressUnavailable")
+    assert (degraded.status, degraded.reason) == ("True", "ProgressUnavailable")
 
 
 def test_condition_transition_times_only_move_on_change():
@@ -384,8 +414,8 @@ def test_condition_transition_times_only_move_on_change():
     later = plan_for(
         RunObject("r", "ns", "u-1", 1, o.annotations, o.spec, first.status), observed(first), now=NOW + 100
     )
-    before = {c["type"]: c["lastTransitionTime"] for c in first.status["conditions"]}
-    after = {c["type"]: c["lastTransitionTime"] for c in later.status["conditions"]}
+    before = {c.type: c.last_transition_time for c in first.status.conditions}
+    after = {c.type: c.last_transition_time for c in later.status.conditions}
     assert before == after
 
 
@@ -396,7 +426,7 @@ def test_expectations_wait_for_the_watch_to_show_our_writes():
     assert not expect.met(o, {})
     assert expect.met(o, {("Job", "r-train"): Child(kind="Job", name="r-train", uid="new")})
     assert not Expectations()
-    assert not Expectations(status={"phase": "Training"}).met(o, {})
+    assert not Expectations(status=SelfPlayRunStatus(phase="Training")).met(o, {})
 
 
 def test_with_network_policies_every_run_gets_one_and_keeps_it():

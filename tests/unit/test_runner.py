@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from scripted import CharTokenizer
 
-from opensir.engines.base import Completion, SamplingParams
-from opensir.engines.factory import Engines
-from opensir.runner import RunError, run_selfplay
+from opensir.assembly import Engines
+from opensir.loop import RunError, run_selfplay
+from opensir.seams import Completion, SamplingParams
 from opensir.spec import parse_run
 
 
@@ -111,7 +111,7 @@ class ScriptedPolicy:
 
 
 def test_bootstrap_builds_an_in_band_pool_and_resumes_from_its_stored_state(tmp_path: Path):
-    from opensir.runner import run_bootstrap
+    from opensir.loop import run_bootstrap
 
     run = parse_run(
         {

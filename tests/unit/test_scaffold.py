@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from opensir.engines.base import Completion, SamplingParams
+from opensir.engines.scaffold import STUDENT_SCAFFOLD, TEACHER_SCAFFOLD, ScaffoldedGenerator
+from opensir.seams import Completion, SamplingParams
 from opensir.selfplay import parse_teacher
 from opensir.selfplay.parsing import has_final_answer_line
-from opensir.selfplay.scaffold import STUDENT_SCAFFOLD, TEACHER_SCAFFOLD, ScaffoldedGenerator
 
 EOT = 0
 

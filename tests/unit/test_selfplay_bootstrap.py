@@ -7,8 +7,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from opensir.engines.base import Completion, SamplingParams
-from opensir.selfplay import BootstrapState, bootstrap_pool
+from opensir.loop.bootstrap import bootstrap_pool
+from opensir.seams import Completion, SamplingParams
+from opensir.selfplay import BootstrapState
 from opensir.selfplay.bootstrap import answer_leaked, contains_xml_tag
 from opensir.spec import BootstrapSpec, SelfPlaySpec, StudentSpec
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from opensir import files
 from opensir.selfplay import ProblemPool
 from opensir.selfplay.pool import NewProblem
 from opensir.selfplay.selection import select_student_problems, select_teacher_groups
@@ -141,6 +143,33 @@ def test_crash_leftovers_are_ignored(tmp_path: Path) -> None:
     (tmp_path / ".state-000000000006.json.tmp-123").write_text("{")
     loaded = ProblemPool.load(tmp_path)
     assert loaded.problems == pool.problems and loaded.embeddings.tobytes() == pool.embeddings.tobytes()
+
+
+def test_a_save_that_fails_midway_leaves_the_previous_state_and_no_temporaries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool = ProblemPool(8)
+    pool.add(_new(3), _rows(3))
+    pool.save(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    rename = os.replace
+
+    def replace(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+        if Path(target).name.startswith("state-"):
+            raise OSError("disk full")
+        rename(source, target)
+
+    monkeypatch.setattr(files.os, "replace", replace)
+    pool.add(_new(2, 3), _rows(2, seed=4))
+    with pytest.raises(OSError, match="disk full"):
+        pool.save(tmp_path)
+    monkeypatch.undo()
+    # The new shard is written but no state names it; no temporary is left behind.
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [*before, "shard-000000000003-000000000004.jsonl", "shard-000000000003-000000000004.npy"]
+    )
+    loaded = ProblemPool.load(tmp_path)
+    assert [p.id for p in loaded.problems] == [0, 1, 2]
 
 
 def test_eviction_survives_reload(tmp_path: Path) -> None:

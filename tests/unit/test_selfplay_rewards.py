@@ -9,15 +9,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from opensir.selfplay import (
-    diversity_reward,
-    length_reward,
-    solvability_reward,
-    student_rewards,
-    teacher_rewards,
+from opensir.selfplay import TeacherOutput, Vote, diversity_reward, length_reward, solvability_reward
+from opensir.selfplay.rewards import (
+    STUDENT_TERMS,
+    TEACHER_TERMS,
+    StudentFacts,
+    TeacherFacts,
+    band_edge_value,
+    in_band,
+    selection_score,
+    weigh,
+    zero_reward,
 )
-from opensir.selfplay.rewards import band_edge_value, in_band, selection_score
-from opensir.spec import StudentRewardWeights, TeacherRewardWeights
+from opensir.spec import SelfPlaySpec
 
 
 @pytest.mark.parametrize(
@@ -159,18 +163,42 @@ def test_length_reward() -> None:
     assert length_reward([], 1000) == 0.0
 
 
+THINKING = TeacherOutput("What is 17 times 23?", ("multiplication",), True, True, None)
+PLAIN = TeacherOutput("What is 17 times 23?", ("multiplication",), False, True, None)
+
+
+def teacher_facts(
+    solvability: float,
+    diversity: float,
+    parsed: TeacherOutput,
+    lengths: tuple[int, ...],
+    config: SelfPlaySpec,
+) -> TeacherFacts:
+    vote = Vote("391", 3, 4, 4, 0.75, (True, True, True, False))
+    return TeacherFacts(parsed, vote, solvability, diversity, lengths, config)
+
+
 def test_teacher_and_student_totals() -> None:
-    weights = TeacherRewardWeights()
-    r = teacher_rewards(solvability=0.8125, diversity=0.3, format_ok=True, length=0.5, weights=weights)
+    config = SelfPlaySpec()
+    r = weigh(TEACHER_TERMS, teacher_facts(0.8125, 0.3, THINKING, (500, 500), config), config.rewards)
+    assert r.terms == {"solvability": 0.8125, "diversity": 0.3, "format": 1.0, "length": 0.5}
     assert r.total == pytest.approx(0.8125 + 0.3 + 0.1 + 0.5)
-    off = TeacherRewardWeights(diversity=0.0, length=0.0)
-    assert teacher_rewards(solvability=1, diversity=1, format_ok=False, length=1, weights=off).total == 1.0
-    with pytest.raises(ValueError):
-        teacher_rewards(solvability=float("nan"), diversity=0, format_ok=True, length=0, weights=weights)
-    rewards = student_rewards(
-        agrees=[True, False, True], format_ok=[True, True, False], weights=StudentRewardWeights()
-    )
+    off = SelfPlaySpec.model_validate({"rewards": {"teacher": {"diversity": 0.0, "length": 0.0}}})
+    assert weigh(TEACHER_TERMS, teacher_facts(1, 1, PLAIN, (1000,), off), off.rewards).total == 1.0
+    with pytest.raises(ValueError, match="solvability"):
+        weigh(TEACHER_TERMS, teacher_facts(float("nan"), 0, THINKING, (), config), config.rewards)
+    line = "Therefore, the final answer is: $\\boxed{5}$"
+    rewards = [
+        weigh(STUDENT_TERMS, StudentFacts(text, agrees, config), config.rewards)
+        for text, agrees in ((line, True), (line, False), ("5", True))
+    ]
     assert [x.total for x in rewards] == pytest.approx([1.1, 0.1, 1.0])
+    assert zero_reward(TEACHER_TERMS).total == 0.0 and set(zero_reward(TEACHER_TERMS).terms) == {
+        "solvability",
+        "diversity",
+        "format",
+        "length",
+    }
     assert selection_score(0.25, 0.5) == 0.75
 
 
@@ -179,10 +207,12 @@ def test_teacher_and_student_totals() -> None:
     solv=st.floats(0, 1),
     div=st.floats(0, 1),
     fmt=st.booleans(),
-    length=st.floats(0, 1),
+    length=st.integers(0, 3000),
     ws=st.tuples(*[st.floats(0, 10)] * 4),
 )
-def test_teacher_total_bounded(solv: float, div: float, fmt: bool, length: float, ws: tuple) -> None:
-    weights = TeacherRewardWeights(solvability=ws[0], diversity=ws[1], format=ws[2], length=ws[3])
-    r = teacher_rewards(solvability=solv, diversity=div, format_ok=fmt, length=length, weights=weights)
+def test_teacher_total_bounded(solv: float, div: float, fmt: bool, length: int, ws: tuple) -> None:
+    weights = dict(zip(("solvability", "diversity", "format", "length"), ws, strict=True))
+    config = SelfPlaySpec.model_validate({"rewards": {"teacher": weights}})
+    facts = teacher_facts(solv, div, THINKING if fmt else PLAIN, (length,), config)
+    r = weigh(TEACHER_TERMS, facts, config.rewards)
     assert math.isfinite(r.total) and 0.0 <= r.total <= sum(ws) + 1e-9

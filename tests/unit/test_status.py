@@ -12,8 +12,7 @@ import pytest
 
 from opensir import cli
 from opensir.checkpoint import FileEntry, commit_checkpoint
-from opensir.selfplay.pool import NewProblem, ProblemPool
-from opensir.status import (
+from opensir.cli.status import (
     RunNotFoundError,
     format_status,
     load_pool,
@@ -22,6 +21,7 @@ from opensir.status import (
     select_problems,
     store_from_uri,
 )
+from opensir.selfplay.pool import NewProblem, ProblemPool
 from opensir.storage import LocalStore
 
 PROBLEMS = [

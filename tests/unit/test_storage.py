@@ -3,6 +3,7 @@ which failures count as transient (the server tests are tests/integration/test_s
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from unittest import mock
 
@@ -14,6 +15,8 @@ from opensir.checkpoint import checkpoints_to_keep
 from opensir.spec import StorageSpec, parse_run
 from opensir.storage import (
     CREDENTIALS_DIR_ENV,
+    ArtifactNotFoundError,
+    LocalStore,
     RetryPolicy,
     S3Credentials,
     S3Store,
@@ -113,6 +116,74 @@ def test_backoff_is_exponential_capped_and_jittered():
 )
 def test_what_counts_as_transient(error: BaseException, transient: bool):
     assert is_transient(error) is transient
+
+
+class Requests:
+    """An S3 request that raises ``errors`` one per call, then returns ``"ok"``."""
+
+    def __init__(self, *errors: Exception) -> None:
+        self.errors = list(errors)
+        self.calls = 0
+
+    def __call__(self) -> str:
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return "ok"
+
+
+def offline_store(attempts: int, waits: list[float]) -> S3Store:
+    """A store whose requests are the test's own functions (``_call``): no client is ever asked."""
+    retry = RetryPolicy(
+        attempts=attempts, base_delay=0.1, max_delay=0.25, sleep=waits.append, random=lambda: 1.0
+    )
+    return S3Store(mock.Mock(), "bkt", "team/run", retry=retry)
+
+
+def test_s3_requests_retry_transient_failures_and_log_each_wait(caplog):
+    waits: list[float] = []
+    dropped = urllib3.exceptions.ProtocolError("Connection aborted.")
+    request = Requests(dropped, s3_error("SlowDown"))
+    with caplog.at_level(logging.WARNING, logger="opensir.storage"):
+        assert offline_store(4, waits)._call("upload", "progress.json", request) == "ok"
+    assert request.calls == 3 and waits == [0.1, 0.2]
+    assert [r.getMessage() for r in caplog.records] == [
+        "upload s3://bkt/team/run/progress.json: ProtocolError: Connection aborted.; retrying in 0.10s "
+        "(attempt 2 of 4)",
+        "upload s3://bkt/team/run/progress.json: SlowDown: message; retrying in 0.20s (attempt 3 of 4)",
+    ]
+
+
+def test_s3_requests_that_keep_failing_name_bucket_key_and_the_last_cause():
+    waits: list[float] = []
+    last = urllib3.exceptions.ProtocolError("reset")
+    request = Requests(s3_error("InternalError"), s3_error("InternalError"), last)
+    with pytest.raises(StorageError) as raised:
+        offline_store(3, waits)._call("download", "pool/shard-1", request)
+    assert str(raised.value) == (
+        "S3 download s3://bkt/team/run/pool/shard-1 failed after 3 attempts; last error: ProtocolError: reset"
+    )
+    assert raised.value.__cause__ is last and waits == [0.1, 0.2]
+
+
+def test_s3_permanent_failures_and_missing_keys_are_not_retried():
+    waits: list[float] = []
+    with pytest.raises(StorageError, match=r"^S3 upload s3://bkt/team/run/k failed: AccessDenied: message$"):
+        offline_store(5, waits)._call("upload", "k", Requests(s3_error("AccessDenied")))
+    with pytest.raises(ArtifactNotFoundError, match="s3://bkt/team/run/k does not exist"):
+        offline_store(5, waits)._call("download", "k", Requests(s3_error("NoSuchKey")))
+    assert waits == []
+
+
+def test_the_local_stores_objects_stay_private_and_temporaries_unlisted(tmp_path: Path):
+    store = LocalStore(tmp_path)
+    store.put_bytes("a/progress.json", b"{}")
+    source = tmp_path / "source.bin"
+    source.write_bytes(b"weights")
+    store.put_file("a/w.bin", source)
+    (tmp_path / "a" / ".w.bin.0123abcd.tmp").write_bytes(b"a writer killed mid-write")
+    assert store.list("a") == ["a/progress.json", "a/w.bin"]
+    assert {(tmp_path / k).stat().st_mode & 0o777 for k in store.list("a")} == {0o600}
 
 
 def test_retention_keeps_the_last_k_and_every_nth():

@@ -17,11 +17,10 @@ import numpy as np
 import pytest
 from scripted import CharTokenizer
 
+from opensir.assembly import Engines
 from opensir.checkpoint import list_checkpoints
-from opensir.engines.base import Completion, SamplingParams
-from opensir.engines.factory import Engines
-from opensir.rl.batch import TrainBatch, TrainStats
-from opensir.runner import PREEMPTED_EXIT_CODE, Preempted, RunResult, run_selfplay
+from opensir.loop import PREEMPTED_EXIT_CODE, Preempted, RunResult, run_selfplay
+from opensir.seams import Completion, SamplingParams, TrainBatch, TrainStats
 from opensir.selfplay import ProblemPool
 from opensir.spec import SelfPlayRun, parse_run
 from opensir.storage import LocalStore

@@ -6,7 +6,7 @@ Small policies (SmolLM2-135M, say) rarely write the teacher's ``<think>…</thin
 round has no legal problem or no parseable answer and self-play never starts. A scaffold writes the
 fixed parts itself and samples only the text between them, one segment at a time with the segment's
 end as stop string: what guided decoding does with a grammar, but through any
-:class:`~opensir.engines.base.Generator`. Forced tokens are flagged in ``Completion.sampled`` so the
+:class:`~opensir.seams.Generator`. Forced tokens are flagged in ``Completion.sampled`` so the
 trainer never takes a gradient through tokens the policy did not choose.
 """
 
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from opensir.engines.base import Completion, Generator, SamplingParams
+from opensir.seams import Completion, Generator, SamplingParams
 
 
 @dataclass(frozen=True)

@@ -4,10 +4,13 @@ One :class:`RunMetrics` per run, on its own :class:`~prometheus_client.Collector
 one process (tests) never share series, and every series carries the ``namespace`` and ``run`` labels,
 so a Prometheus that scrapes many trainer pods can tell them apart without relabelling.
 
-The runner calls a handful of hooks with its typed records (:class:`~opensir.selfplay.RoundResult`,
-:class:`~opensir.rl.batch.TrainStats`, :class:`~opensir.checkpoint.Checkpoint`, the runner's step
-record); the recorder never reaches into the loop. Values that are only meaningful at read time
-(seconds since the last checkpoint, GPU memory) are computed when Prometheus scrapes, not on a timer.
+The loop calls a handful of hooks with its typed records (:class:`~opensir.selfplay.Round`,
+:class:`~opensir.seams.TrainStats`, :class:`~opensir.checkpoint.Checkpoint`,
+:class:`~opensir.layout.StepRecord`); the recorder never reaches into the loop. The reward
+components are the terms of :data:`~opensir.selfplay.TEACHER_TERMS` and
+:data:`~opensir.selfplay.STUDENT_TERMS`, so a new term is recorded without a change here. Values that
+are only meaningful at read time (seconds since the last checkpoint, GPU memory) are computed when
+Prometheus scrapes, not on a timer.
 
 Dimensionless quantities in [0, 1] end in ``_ratio``; counts of things end in the thing's plural
 (``_problems``, ``_tokens``); loss, KL and gradient norm have no physical unit and carry none.
@@ -17,21 +20,22 @@ from __future__ import annotations
 
 import importlib.util
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from opensir.selfplay import STUDENT_TERMS, TEACHER_TERMS, RewardTerm, Round
+
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
     from opensir.checkpoint import Checkpoint
-    from opensir.rl.batch import TrainStats
-    from opensir.selfplay import RoundResult
+    from opensir.layout import StepRecord
+    from opensir.seams import TrainStats
 
 METRICS_PORT_ENV = "OPENSIR_METRICS_PORT"
 """The trainer pod's metrics port (set by the operator; the pod's container port named ``metrics``)."""
@@ -47,40 +51,16 @@ PHASES = (
 )
 """Phases of a step, as the runner's phase timer names them (``checkpoint`` only on save steps)."""
 
-TEACHER_COMPONENTS = ("solvability", "diversity", "format", "length", "total")
-STUDENT_COMPONENTS = ("accuracy", "format", "total")
+
+def components(terms: Sequence[RewardTerm[Any]]) -> tuple[str, ...]:
+    """The ``component`` label values of one role's reward: its terms, then ``total``."""
+    return (*(term.name for term in terms), "total")
+
 
 _RATIO_BUCKETS = tuple(i / 10 for i in range(11))
 """Solve rates are i/n for n samples; tenths resolve every n up to 10 well enough for a heatmap."""
 _LENGTH_BUCKETS = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 _SECONDS_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 3600)
-
-
-class StepSummary(Protocol):
-    """What the recorder reads from the runner's per-step record (``opensir.runner.StepRecord``)."""
-
-    @property
-    def step(self) -> int: ...
-    @property
-    def trained(self) -> bool: ...
-    @property
-    def legal_ratio(self) -> float: ...
-    @property
-    def in_band_ratio(self) -> float: ...
-    @property
-    def pool_size(self) -> int: ...
-    @property
-    def seconds(self) -> float: ...
-    @property
-    def phase_seconds(self) -> dict[str, float]: ...
-
-
-@dataclass(frozen=True)
-class CompletionLengths:
-    """Token counts of one step's completions, per role (the runner has them; the round does not)."""
-
-    teacher: tuple[int, ...]
-    student: tuple[int, ...]
 
 
 class RunMetrics:
@@ -253,8 +233,8 @@ class RunMetrics:
         self.max_steps.labels(**self._base).set(max_steps)
         self.last_step_time.labels(**self._base).set(time.time())  # "stalled" counts from the start
         self.steps_without_legal.labels(**self._base).set(0)
-        for role, components in (("teacher", TEACHER_COMPONENTS), ("student", STUDENT_COMPONENTS)):
-            for component in components:
+        for role, terms in (("teacher", TEACHER_TERMS), ("student", STUDENT_TERMS)):
+            for component in components(terms):
                 self.reward.labels(**self._base, role=role, component=component)
         for counter in (self.steps, self.skipped, self.sync_attempts, self.sync_failures):
             counter.labels(**self._base)
@@ -263,20 +243,24 @@ class RunMetrics:
         if checkpoint is not None:
             self.checkpoint_committed(checkpoint)
 
-    def round_scored(self, result: RoundResult, lengths: CompletionLengths) -> None:
+    def round_scored(self, round_: Round) -> None:
         """After rewards: the curriculum, the rewards per role and component, completion lengths."""
-        teacher = [r for row in result.teacher_rewards for r in row]
-        for component in TEACHER_COMPONENTS:
-            values = [getattr(r, component) for r in teacher]
-            self.reward.labels(**self._base, role="teacher", component=component).set(_mean(values))
-        student = [r for key in result.legal_keys for r in result.student_rewards[key]]
-        for component in STUDENT_COMPONENTS:
-            values = [getattr(r, component) for r in student]
-            self.reward.labels(**self._base, role="student", component=component).set(_mean(values))
-        answered = [key for key in result.legal_keys if result.votes[key].answer is not None]
-        for key in answered:
-            self.solve_rate.labels(**self._base).observe(result.votes[key].solve_rate)
-        stats = result.stats
+        legal = round_.legal
+        for role, rewards in (
+            ("teacher", [c.reward for c in round_.candidates]),
+            ("student", [s.reward for c in legal for s in c.samples]),
+        ):
+            names = sorted({name for r in rewards for name in r.terms}) if rewards else []
+            for component in names:
+                values = [r.terms.get(component, 0.0) for r in rewards]
+                self.reward.labels(**self._base, role=role, component=component).set(_mean(values))
+            self.reward.labels(**self._base, role=role, component="total").set(
+                _mean([r.total for r in rewards])
+            )
+        for candidate in legal:
+            if candidate.answered and candidate.vote is not None:
+                self.solve_rate.labels(**self._base).observe(candidate.vote.solve_rate)
+        stats = round_.stats
         for outcome, count in (
             ("generated", stats.completions),
             ("legal", stats.legal),
@@ -284,9 +268,8 @@ class RunMetrics:
             ("in_band", stats.in_band),
         ):
             self.problems.labels(**self._base, outcome=outcome).inc(count)
-        legal = result.legal_keys
-        self.difficulty.labels(**self._base).set(_mean([result.difficulty[k] for k in legal]))
-        diversity = [result.diversity[k] for k in legal]
+        self.difficulty.labels(**self._base).set(_mean([c.difficulty for c in legal]))
+        diversity = [c.diversity for c in legal if c.diversity is not None]
         self.diversity.labels(**self._base).set(_mean(diversity))
         self._novelty_sum += sum(diversity)
         self._novelty_count += len(diversity)
@@ -297,7 +280,9 @@ class RunMetrics:
             without.set(0)
         else:
             without.inc()
-        for role, counts in (("teacher", lengths.teacher), ("student", lengths.student)):
+        teacher_lengths = [len(c.played.completion.token_ids) for c in round_.candidates]
+        student_lengths = [len(s.completion.token_ids) for c in legal for s in c.samples]
+        for role, counts in (("teacher", teacher_lengths), ("student", student_lengths)):
             histogram = self.completion_length.labels(**self._base, role=role)
             for count in counts:
                 histogram.observe(count)
@@ -323,7 +308,7 @@ class RunMetrics:
     def weights_served(self, version: int) -> None:
         self.weight_version.labels(**self._base).set(version)
 
-    def step_finished(self, record: StepSummary) -> None:
+    def step_finished(self, record: StepRecord) -> None:
         """End of a step: progress, pool size and the phase durations of the step."""
         self.steps.labels(**self._base).inc()
         if not record.trained:

@@ -14,20 +14,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 
 from opensir.checkpoint import Checkpoint, list_checkpoints
 from opensir.errors import OpensirError
-from opensir.evaluation.results import latest_summary
+from opensir.layout import POOL, Progress, StepRecord, latest_evaluation, read_history, read_progress
 from opensir.selfplay.pool import PoolProblem, ProblemPool
-from opensir.spec import StorageSpec
-from opensir.storage import ArtifactNotFoundError, ArtifactStore, LocalStore, open_store
+from opensir.spec import EvaluationStatus
+from opensir.storage import ArtifactStore, StoreURIError, open_store_uri
 
-PROGRESS_KEY = "progress.json"
-HISTORY_KEY = "history.jsonl"
-POOL_PREFIX = "pool"
 PoolOrder = Literal["novelty", "difficulty", "step", "id"]
 
 
@@ -38,13 +35,10 @@ class RunNotFoundError(OpensirError, FileNotFoundError):
 def store_from_uri(uri: str, *, endpoint: str | None = None) -> ArtifactStore:
     """The store of one run from its URI (``file:///…/<ns>/<run>``, ``s3://bucket/prefix/<ns>/<run>``)
     or a plain directory; the manifest route (:func:`opensir.storage.open_store`) is the usual one."""
-    if uri.startswith("s3://"):
-        parts = uri.removeprefix("s3://").rstrip("/").split("/")
-        if len(parts) < 3:
-            raise RunNotFoundError(f"{uri}: an S3 run URI looks like s3://BUCKET[/PREFIX]/NAMESPACE/RUN")
-        storage = StorageSpec(uri="s3://" + "/".join(parts[:-2]), endpoint=endpoint)
-        return open_store(storage, parts[-2], parts[-1])
-    return LocalStore(Path(uri.removeprefix("file://")))
+    try:
+        return open_store_uri(uri, endpoint=endpoint)
+    except StoreURIError as error:
+        raise RunNotFoundError(str(error)) from None
 
 
 # -------------------------------------------------------------------------------------- status
@@ -53,33 +47,21 @@ class RunSummary:
     """A run as its store shows it."""
 
     uri: str
-    progress: dict[str, Any] | None
-    history: list[dict[str, Any]]
+    progress: Progress | None
+    history: list[StepRecord]
     checkpoints: list[Checkpoint]
-    evaluation: dict[str, Any] | None = None
-    """The newest stored benchmark evaluation (:func:`opensir.evaluation.results.latest_summary`)."""
+    evaluation: EvaluationStatus | None = None
+    """The newest stored benchmark evaluation."""
 
 
 def read_summary(store: ArtifactStore) -> RunSummary:
     """Progress, history and committed checkpoints; raises when the store has none of them."""
-    try:
-        progress: dict[str, Any] | None = json.loads(store.get_bytes(PROGRESS_KEY))
-    except ArtifactNotFoundError:
-        progress = None
+    progress = read_progress(store)
     history = read_history(store)
     checkpoints = list_checkpoints(store)
     if progress is None and not history and not checkpoints:
         raise RunNotFoundError(f"{store.uri}: no progress.json, history or checkpoint (is this a run?)")
-    return RunSummary(store.uri, progress, history, checkpoints, latest_summary(store))
-
-
-def read_history(store: ArtifactStore) -> list[dict[str, Any]]:
-    """``history.jsonl``: one record per step (the runner's ``StepRecord``); empty when absent."""
-    try:
-        text = store.get_bytes(HISTORY_KEY).decode()
-    except ArtifactNotFoundError:
-        return []
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    return RunSummary(store.uri, progress, history, checkpoints, latest_evaluation(store))
 
 
 def format_status(summary: RunSummary, *, now: float | None = None, last: int = 10) -> str:
@@ -88,13 +70,16 @@ def format_status(summary: RunSummary, *, now: float | None = None, last: int = 
     lines = [f"run          {summary.uri}"]
     progress = summary.progress
     if progress is not None:
-        step, max_steps = int(progress["step"]), int(progress["maxSteps"])
+        step, max_steps = progress.step, progress.max_steps
         done = step >= max_steps
-        eta = "finished" if done else f"ETA {_duration(float(progress.get('etaSeconds') or 0))}"
-        lines.append(f"progress     step {step}/{max_steps} ({100 * step / max_steps:.0f}%), {eta}")
-        updated = float(progress["updated"])
-        lines.append(f"updated      {_when(updated)} ({_duration(now - updated)} ago)")
-        lines.append(f"pool         {progress.get('poolSize', '?')} problems")
+        eta = "finished" if done else f"ETA {_duration(progress.eta_seconds or 0.0)}"
+        percent = f" ({100 * step / max_steps:.0f}%)" if max_steps > 0 else ""
+        lines.append(f"progress     step {step}/{max_steps}{percent}, {eta}")
+        if progress.updated is not None:
+            updated = progress.updated
+            lines.append(f"updated      {_when(updated)} ({_duration(now - updated)} ago)")
+        pool_size = "?" if progress.pool_size is None else progress.pool_size
+        lines.append(f"pool         {pool_size} problems")
     if summary.checkpoints:
         newest = summary.checkpoints[-1]
         steps = ", ".join(str(c.step) for c in summary.checkpoints)
@@ -107,21 +92,21 @@ def format_status(summary: RunSummary, *, now: float | None = None, last: int = 
         lines.append("checkpoint   none committed")
     evaluation = summary.evaluation
     if evaluation is not None:
-        per = ", ".join(f"{name} {100 * value:.1f}%" for name, value in evaluation["benchmarks"].items())
-        steps = ", ".join(map(str, evaluation["evaluatedSteps"]))
+        per = ", ".join(f"{name} {100 * value:.1f}%" for name, value in evaluation.benchmarks.items())
+        steps = ", ".join(map(str, evaluation.evaluated_steps))
         lines.append(
-            f"evaluation   step {evaluation['step']}: mean accuracy {100 * evaluation['macroAverage']:.1f}% "
-            f"(macro; {per}; n={evaluation['samples']}); evaluated steps {steps}"
+            f"evaluation   step {evaluation.step}: mean accuracy {100 * evaluation.macro_average:.1f}% "
+            f"(macro; {per}; n={evaluation.samples}); evaluated steps {steps}"
         )
     history = summary.history
     if history:
-        trained = sum(1 for r in history if r["trained"])
+        trained = sum(1 for r in history if r.trained)
         lines.append(
             f"steps        {len(history)} recorded, {trained} trained, {len(history) - trained} skipped"
         )
         phases: dict[str, float] = {}
         for record in history:
-            for phase, seconds in record.get("phase_seconds", {}).items():
+            for phase, seconds in record.phase_seconds.items():
                 phases[phase] = phases.get(phase, 0.0) + seconds
         total = sum(phases.values())
         if total > 0:
@@ -134,19 +119,19 @@ def format_status(summary: RunSummary, *, now: float | None = None, last: int = 
     return "\n".join(lines)
 
 
-def _history_table(records: Sequence[dict[str, Any]]) -> str:
+def _history_table(records: Sequence[StepRecord]) -> str:
     header = (
         f"{'step':>5} {'reward T':>8} {'reward S':>8} {'solve':>6} {'legal':>6} {'in-band':>7} "
         f"{'pool':>5} {'loss':>9} {'kl':>8} {'tokens':>7} {'seconds':>8}"
     )
     rows = [header]
     for r in records:
-        loss = f"{r['loss']:+.4f}" if r.get("loss") is not None else "skipped"
-        kl = f"{r['kl']:.1e}" if r.get("kl") is not None else "-"
+        loss = f"{r.loss:+.4f}" if r.loss is not None else "skipped"
+        kl = f"{r.kl:.1e}" if r.kl is not None else "-"
         rows.append(
-            f"{r['step']:>5} {r['teacher_reward']:>8.3f} {r['student_reward']:>8.3f} {r['solve_rate']:>6.2f} "
-            f"{r['legal_ratio']:>6.2f} {r['in_band_ratio']:>7.2f} {r['pool_size']:>5} {loss:>9} {kl:>8} "
-            f"{r['tokens_generated']:>7} {r['seconds']:>8.1f}"
+            f"{r.step:>5} {r.teacher_reward:>8.3f} {r.student_reward:>8.3f} {r.solve_rate:>6.2f} "
+            f"{r.legal_ratio:>6.2f} {r.in_band_ratio:>7.2f} {r.pool_size:>5} {loss:>9} {kl:>8} "
+            f"{r.tokens_generated:>7} {r.seconds:>8.1f}"
         )
     return "\n".join(rows)
 
@@ -183,7 +168,7 @@ def load_pool(store: ArtifactStore, step: int | None = None) -> tuple[Checkpoint
     with tempfile.TemporaryDirectory(prefix="opensir-pool-") as scratch:
         directory = Path(scratch)
         for entry in checkpoint.files:
-            if entry.path.startswith(f"{POOL_PREFIX}/"):
+            if entry.path.startswith(f"{POOL}/"):
                 store.get_file(f"{checkpoint.prefix}/{entry.path}", directory / Path(entry.path).name)
         for entry in checkpoint.shared:
             store.get_file(entry.path, directory / Path(entry.path).name)

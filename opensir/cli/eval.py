@@ -141,11 +141,9 @@ def _slug(text: str) -> str:
 
 def run_eval(args: argparse.Namespace) -> int:
     """The ``eval`` command."""
-    from opensir.cli import _quiet_libraries, load_with_overrides
-    from opensir.engines.base import SamplingParams
+    from opensir.cli.common import load_with_overrides, quiet_libraries
     from opensir.evaluation.datasets import default_data_dir
     from opensir.evaluation.harness import CACHE_FILE, EvalSettings, evaluate
-    from opensir.evaluation.results import evals_prefix
     from opensir.evaluation.targets import (
         checkpoint_target,
         is_store_uri,
@@ -154,6 +152,8 @@ def run_eval(args: argparse.Namespace) -> int:
         open_generator,
         store_results,
     )
+    from opensir.layout import evals_prefix
+    from opensir.seams import SamplingParams
     from opensir.spec import EvaluationSpec, ModelSpec
 
     path = Path(args.model)
@@ -192,7 +192,7 @@ def run_eval(args: argparse.Namespace) -> int:
         chat_template=run.spec.model.chat_template if run is not None else None,
         prompts_per_batch=args.prompts_per_batch,
     )
-    _quiet_libraries()
+    quiet_libraries()
     if args.threads is not None:
         import torch
 
@@ -208,7 +208,7 @@ def run_eval(args: argparse.Namespace) -> int:
                 if args.tokenizer:
                     tokenizer_spec = ModelSpec(name=args.tokenizer)
             else:
-                from opensir.status import store_from_uri
+                from opensir.cli.status import store_from_uri
 
                 if not args.tokenizer:
                     raise OpensirError(

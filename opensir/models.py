@@ -363,3 +363,9 @@ def pick_dtype(dtype: str, device: str | torch.device) -> torch.dtype:
     if torch.device(device).type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32
+
+
+def is_peft_model(model: torch.nn.Module) -> bool:
+    """Whether ``model`` is a peft model (LoRA mode): trainers take the reference from its base, weight
+    syncs send only its adapter."""
+    return hasattr(model, "peft_config") and hasattr(model, "disable_adapter")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 
@@ -16,11 +15,12 @@ matplotlib.use("Agg")  # no display on servers and CI; must precede pyplot
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
-from opensir.status import PoolEntry
+from opensir.cli.status import PoolEntry
+from opensir.layout import StepRecord
 
 
 def plot_curriculum(
-    history: Sequence[dict[str, Any]],
+    history: Sequence[StepRecord],
     pool: Sequence[PoolEntry] | None,
     out: Path,
     *,
@@ -30,7 +30,7 @@ def plot_curriculum(
     pool is known) and where the time of each step went; written to ``out`` as a PNG."""
     if not history:
         raise ValueError("the run has no recorded steps to plot")
-    steps = [r["step"] for r in history]
+    steps = [r.step for r in history]
     figure, axes = plt.subplots(2, 2, figsize=(12, 8), constrained_layout=True)
     figure.suptitle(title)
 
@@ -40,18 +40,18 @@ def plot_curriculum(
         ("legal_ratio", "legal problems"),
         ("in_band_ratio", "in band"),
     ):
-        curriculum.plot(steps, [r[key] for r in history], marker="o", label=label)
+        curriculum.plot(steps, [getattr(r, key) for r in history], marker="o", label=label)
     curriculum.set(title="Curriculum", xlabel="step", ylabel="ratio", ylim=(-0.05, 1.05))
     curriculum.legend(loc="best")
 
     rewards = axes[0][1]
-    rewards.plot(steps, [r["teacher_reward"] for r in history], marker="o", label="teacher")
-    rewards.plot(steps, [r["student_reward"] for r in history], marker="o", label="student")
+    rewards.plot(steps, [r.teacher_reward for r in history], marker="o", label="teacher")
+    rewards.plot(steps, [r.student_reward for r in history], marker="o", label="student")
     rewards.set(title="Mean reward", xlabel="step", ylabel="reward")
     rewards.legend(loc="best")
 
     growth = axes[1][0]
-    growth.plot(steps, [r["pool_size"] for r in history], marker="o", color="tab:gray", label="pool size")
+    growth.plot(steps, [r.pool_size for r in history], marker="o", color="tab:gray", label="pool size")
     growth.set(title="Pool", xlabel="step", ylabel="problems")
     if pool:
         scored = [e for e in pool if e.problem.solve_rate is not None]
@@ -69,10 +69,10 @@ def plot_curriculum(
     growth.legend(loc="upper left")
 
     phases_axis = axes[1][1]
-    phases = sorted({p for r in history for p in r.get("phase_seconds", {})})
+    phases = sorted({p for r in history for p in r.phase_seconds})
     bottom = [0.0] * len(history)
     for phase in phases:
-        values = [r.get("phase_seconds", {}).get(phase, 0.0) for r in history]
+        values = [r.phase_seconds.get(phase, 0.0) for r in history]
         phases_axis.bar(steps, values, bottom=bottom, label=phase)
         bottom = [b + v for b, v in zip(bottom, values, strict=True)]
     phases_axis.set(title="Time per step", xlabel="step", ylabel="seconds")

@@ -8,17 +8,17 @@ from typing import Any
 
 import torch
 
-from opensir.engines.base import Embedder, Generator, Trainer, WeightSync
 from opensir.engines.embedding import SentenceTransformerEmbedder
 from opensir.engines.hf import HFGenerator
-from opensir.engines.models import eos_token_ids, load_causal_lm, load_tokenizer, pick_device, pick_dtype
 from opensir.engines.remote import build_remote_rollout, build_server_embedder
+from opensir.engines.scaffold import STUDENT_SCAFFOLD, TEACHER_SCAFFOLD, ScaffoldedGenerator
 from opensir.engines.server_sync import RunStore
 from opensir.engines.weight_sync import InProcessWeightSync
 from opensir.errors import OpensirError
+from opensir.models import eos_token_ids, load_causal_lm, load_tokenizer, pick_device, pick_dtype
 from opensir.rl.deepspeed_trainer import DeepSpeedTrainer
 from opensir.rl.trainer import TorchTrainer, frozen_copy
-from opensir.selfplay.scaffold import STUDENT_SCAFFOLD, TEACHER_SCAFFOLD, ScaffoldedGenerator
+from opensir.seams import Embedder, Generator, Trainer, WeightSync
 from opensir.spec import SelfPlayRunSpec
 
 log = logging.getLogger(__name__)
@@ -104,15 +104,6 @@ def build_engines(spec: SelfPlayRunSpec, run_store: RunStore | None = None) -> E
     ``run_store``: the run's artifact store, through which the store and lora weight syncs publish
     what the rollout servers load (the runner passes it; only those syncs need it).
     """
-    if spec.training.engine == "deepspeed" and spec.training.deepspeed.stage == 3:
-        # Every generator samples from the trainer's whole weights (in place, or pushed to servers),
-        # and ZeRO-3 leaves each process only a shard of them.
-        raise EngineUnavailableError(
-            "spec.training.deepspeed.stage=3 partitions the policy's weights, and self-play samples from "
-            "the whole policy after every step; use stage 2 (offloadOptimizer moves the optimizer state "
-            "to the CPU)"
-        )
-
     torch.manual_seed(spec.training.seed)
     device = pick_device()
     dtype = pick_dtype(spec.model.dtype, device)

@@ -1,25 +1,27 @@
-"""The seams between the run loop and the engines (DESIGN.md §3).
+"""The seams between the run loop and what it drives (DESIGN.md §3): the only types both sides know.
 
-The loop only ever sees these protocols; which implementation stands behind each one is chosen
-from the spec by :mod:`opensir.engines.factory`. Prompts travel as token ids, already rendered with
-the policy's chat template, so that every engine samples from, and the trainer later scores,
-exactly the same tokens.
+The loop sees a :class:`Generator` (prompts as token ids in, :class:`Completion` s out), an
+:class:`Embedder`, a :class:`Trainer` (a :class:`TrainBatch` in, :class:`TrainStats` out) and a
+:class:`WeightSync`. Which implementation stands behind each is chosen from the spec by
+:mod:`opensir.assembly`; this module imports no engine and no trainer. Prompts travel as token ids,
+already rendered with the policy's chat template, so that every engine samples from, and the trainer
+later scores, exactly the same tokens.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
 if TYPE_CHECKING:
-    from opensir.rl.batch import TrainBatch, TrainStats
     from opensir.spec import SamplingSpec
 
 
+# ------------------------------------------------------------------------------------ generation
 @dataclass(frozen=True)
 class SamplingParams:
     """How to sample completions; the field meanings follow vLLM's ``SamplingParams``."""
@@ -65,7 +67,7 @@ class Completion:
     """"stop" (end-of-sequence or a stop string) or "length" (max_tokens reached)."""
     sampled: tuple[bool, ...] | None = None
     """Per token: False where the caller forced the token instead of sampling it (scaffolded formats,
-    see :mod:`opensir.selfplay.scaffold`); such tokens are kept out of the loss. None: all sampled."""
+    see :mod:`opensir.engines.scaffold`); such tokens are kept out of the loss. None: all sampled."""
 
 
 @runtime_checkable
@@ -91,6 +93,62 @@ class Embedder(Protocol):
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Return a float32 array of shape ``[len(texts), dim]`` with unit-norm rows."""
         ...
+
+
+# -------------------------------------------------------------------------------------- training
+Role = Literal["teacher", "student"]
+
+
+@dataclass(frozen=True)
+class TrainSequence:
+    """One completion to learn from, with the prompt it continued."""
+
+    role: Role
+    prompt_ids: tuple[int, ...]
+    completion_ids: tuple[int, ...]
+    loss_mask: tuple[bool, ...]
+    """One flag per completion token; False excludes the token from the loss (the teacher's
+    ``<concepts>`` span)."""
+    advantage: float
+
+    def __post_init__(self) -> None:
+        if len(self.loss_mask) != len(self.completion_ids):
+            raise ValueError(
+                f"loss_mask has {len(self.loss_mask)} entries for "
+                f"{len(self.completion_ids)} completion tokens"
+            )
+
+
+@dataclass(frozen=True)
+class TrainBatch:
+    """All sequences of one optimizer step (both roles)."""
+
+    sequences: tuple[TrainSequence, ...]
+
+    @property
+    def num_tokens(self) -> int:
+        """Completion tokens that count toward the loss."""
+        return sum(sum(s.loss_mask) for s in self.sequences)
+
+
+@dataclass(frozen=True)
+class TrainStats:
+    """What one optimizer step did."""
+
+    step: int
+    """Optimizer steps taken after this one."""
+    loss: float
+    kl: float
+    """Mean k3 KL estimate to the reference model over loss tokens (0 when beta is 0)."""
+    grad_norm: float
+    """Gradient norm before clipping."""
+    learning_rate: float
+    tokens: int
+    """Completion tokens that counted toward the loss."""
+    seconds: float
+    loss_by_role: dict[str, float] = field(default_factory=dict)
+    clip_fraction: float = 0.0
+    """Share of loss tokens whose probability ratio was clipped (0 with one iteration per batch)."""
 
 
 @runtime_checkable
